@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` and `make test`. Each creates .venv when missing.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+NBVAL  := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
+export MPLBACKEND ?= Agg
+
+.PHONY: venv demo test unit nbtest lab notebooks figures reproduce bench clean-data
+
+venv: $(STAMP)
+
+# Re-install only when the package metadata changes (idempotent, fast when already installed).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: venv            ## generate the embedded data, train baseline + IUQ briefly, print the COCO tables
+	$(PY) -m iuq_lite.experiments demo
+
+test: unit nbtest     ## unit tests, then every notebook under nbval (two separate pytest runs)
+
+unit: venv
+	$(PY) -m pytest tests
+
+nbtest: venv
+	$(PY) -m pytest $(NBVAL) notebooks/
+
+lab: venv             ## JupyterLab on the notebooks
+	$(VENV)/bin/jupyter lab notebooks/
+
+notebooks: venv       ## regenerate every .ipynb from its .py source (no outputs)
+	@for f in notebooks/[0-9][0-9]_*.py; do $(VENV)/bin/jupytext --quiet --to ipynb "$$f" || exit 1; done
+
+reproduce: venv       ## the reproduction study behind the README tables (resumable)
+	$(PY) -m iuq_lite.experiments reproduce
+
+bench: venv           ## benchmarks that print figures
+	$(PY) -m iuq_lite.bench inter-loss
+	$(PY) -m iuq_lite.bench step
+	$(PY) -m iuq_lite.bench infer
+
+clean-data:
+	rm -rf data/shapes-*
