@@ -1,7 +1,7 @@
 """Drawing helpers. Pure `render_*` functions return arrays ([H,W,3] float in [0,1]); `show_*` draw them."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -67,3 +67,63 @@ def show_grid(panels: Sequence[np.ndarray], *, titles: Sequence[str] | None = No
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+
+def draw_diagram(boxes: dict[str, tuple], arrows: Sequence[tuple], *, size: tuple[float, float] = (12, 5),
+                 title: str | None = None):
+    """Box-and-arrow diagram (1.8 x 0.72 boxes, data units; the canvas fits the boxes); returns the Figure.
+
+    boxes: {key: (x_centre, y_centre, text, colour)}; arrows: (from_key, to_key, label or "", colour).
+    Arrows run between box edges (matplotlib shrinks them to the patches); labels sit at the midpoint.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+    fig, ax = plt.subplots(figsize=size)
+    xs, ys = [b[0] for b in boxes.values()], [b[1] for b in boxes.values()]
+    ax.set_xlim(min(xs) - 1.0, max(xs) + 1.0)
+    ax.set_ylim(min(ys) - 0.5, max(ys) + 0.5)
+    ax.axis("off")
+    patches = {}
+    for key, (x, y, text, color) in boxes.items():
+        ax.text(x, y, text, ha="center", va="center", fontsize=8.5, zorder=3)
+        patches[key] = FancyBboxPatch((x - 0.9, y - 0.36), 1.8, 0.72, boxstyle="round,pad=0.05", fc=color,
+                                      ec="0.3", zorder=2)
+        ax.add_patch(patches[key])
+    for src, dst, label, color in arrows:
+        (x0, y0), (x1, y1) = boxes[src][:2], boxes[dst][:2]
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), patchA=patches[src], patchB=patches[dst],
+                                     arrowstyle="-|>", mutation_scale=12, color=color, lw=1.4, zorder=1))
+        if label:
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2, label, ha="center", va="center", fontsize=7.5, color=color,
+                    zorder=4, bbox={"fc": "white", "ec": "none", "alpha": 0.85, "pad": 0.5})
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def method_schematic(*, inter_weight: float | str = "w", equi_weight: float | str = "λ"):
+    """The IUQ method in one picture (METHOD §1-§5): the intra-scene loss (blue rows = the base model, all
+    that runs at inference), the inter-scene loss against the pixel memory (Eq. 5, orange) and the
+    equivariance loss (Eq. 8, green). Returns the Figure."""
+    base, inter, equi, loss = "#dbe7f5", "#fde2c4", "#d5efd2", "#f3d1d1"
+    boxes = {
+        "Mem": (7.6, 6.4, "Mem [M,C]: F-pixels of\nother images (stop-grad)", inter),
+        "dec": (3.0, 5.0, "query decoder\n+ mask MLP", base), "E": (5.3, 5.0, "E   [B,Q,C]", base),
+        "EMem": (7.6, 5.0, "E·Memᵀ  [B,Q,M]", inter),
+        "Linter": (10.6, 5.0, f"L_inter (Eq. 5) x {inter_weight}\nfocal loss, target 0", loss),
+        "I": (0.9, 3.6, "image I", base), "f": (3.0, 3.6, "f: backbone +\npixel decoder", base),
+        "F": (5.3, 3.6, "F = f(I)\n[B,C,h,w]", base), "M": (7.6, 3.6, "masks E·F\n[B,Q,h,w]", base),
+        "Lintra": (10.6, 3.6, "L_intra: Hungarian,\nCE + BCE + dice", loss),
+        "gI": (0.9, 2.0, "g(I)", equi), "fg": (3.0, 2.0, "same model\non g(I)", equi),
+        "Eg": (5.3, 2.0, "E^g  [B,Q,C]", equi), "EgF": (7.6, 2.0, "E^g · g(F)\n[B,Q,h',w']", equi),
+        "Lequi": (10.6, 2.0, f"L_equi (Eq. 8) x {equi_weight}\nBCE + dice vs g(masks)", loss),
+    }
+    grey, orange, green = "0.3", "#c66a00", "#2e7d32"
+    arrows = [("I", "f", "", grey), ("f", "F", "", grey), ("f", "dec", "multi-scale", grey), ("dec", "E", "", grey),
+              ("F", "M", "", grey), ("E", "M", "einsum", grey), ("M", "Lintra", "", grey),
+              ("E", "EMem", "", orange), ("Mem", "EMem", "", orange), ("EMem", "Linter", "", orange),
+              ("I", "gI", "g: flip | crop", green), ("gI", "fg", "", green), ("fg", "Eg", "", green),
+              ("Eg", "EgF", "", green), ("F", "EgF", "g(F)", green), ("EgF", "Lequi", "", green)]
+    return draw_diagram(boxes, arrows, title="IUQ = three training losses; inference runs the blue boxes only")

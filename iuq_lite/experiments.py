@@ -1,0 +1,232 @@
+"""The reproduction study (`make reproduce`) and the demo (`make demo`).
+
+    python -m iuq_lite.experiments demo                 # ~15 min on 2 cores: data, baseline vs IUQ, tables
+    python -m iuq_lite.experiments reproduce [--only main] [--seeds 0 1 2]
+    python -m iuq_lite.experiments table                # README results tables from results/*.json
+
+`reproduce` is resumable: every run is one subprocess (`python -m iuq_lite.train`), its result is appended to
+`results/<experiment>.json` as soon as it ends, and runs already recorded there are skipped — so the study can
+be spread over several sessions. Timing figures (step_s) are only meaningful on an otherwise idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import utils
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+CHECKPOINTS = ROOT / "checkpoints"
+SEEDS = (0, 1, 2)
+
+# experiment -> list of (row name, preset, overrides, seeds). Rows differ from the baseline in one thing.
+_AUG = {"iuq.equi.enabled": True, "iuq.equi.as_augmentation": True}
+STUDIES: dict[str, list[tuple[str, str, dict, tuple]]] = {
+    "main": [
+        ("baseline", "shapes", {}, SEEDS),
+        ("flip+crop as augmentation", "shapes", _AUG, SEEDS),
+        ("inter-scene only", "shapes", {"iuq.inter.enabled": True}, SEEDS),
+        ("equivariance only", "shapes", {"iuq.equi.enabled": True}, SEEDS),
+        ("full IUQ", "shapes_iuq", {}, SEEDS),
+    ],
+    "equivariance": [   # Table S3 analog: transform family x {augmentation, equivariance}; L_equi only
+        *[(f"{name} as {mode}", "shapes",
+           {**({"iuq.equi.enabled": True, "iuq.equi.as_augmentation": True} if mode == "augmentation"
+               else {"iuq.equi.enabled": True}), "iuq.equi.kinds": list(kinds)}, (0,))
+          for name, kinds in [("flip+crop", ("hflip", "crop")), ("+rotation", ("hflip", "crop", "rotate")),
+                              ("+scaling", ("hflip", "crop", "scale")),
+                              ("+rotation+scaling", ("hflip", "crop", "rotate", "scale"))]
+          for mode in ("augmentation", "equivariance")],
+    ],
+    "capacity": [       # Table S4 analog: inter-scene loss with memory capacities (pixels)
+        ("none", "shapes", {}, (0,)),
+        ("mini-batch only", "shapes", {"iuq.inter.enabled": True, "iuq.inter.capacity": 0}, (0,)),
+        *[(f"{c // 1000}k px", "shapes", {"iuq.inter.enabled": True, "iuq.inter.capacity": c}, (0,))
+          for c in (5_000, 20_000, 50_000)],
+    ],
+}
+# Run folders whose weights the notebooks load (fp16, <= 10 MB): checkpoints/<preset>_s<seed>/
+KEEP = {("main", "baseline", 0): "shapes_s0", ("main", "full IUQ", 0): "shapes_iuq_s0"}
+
+
+def run_key(preset: str, seed: int, overrides: dict) -> str:
+    return json.dumps([preset, seed, overrides], sort_keys=True)
+
+
+def load_results(name: str) -> dict:
+    path = RESULTS / f"{name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"command": f"python -m iuq_lite.experiments reproduce --only {name}", "commit": None, "runs": []}
+
+
+def run_one(preset: str, seed: int, overrides: dict, out: Path, *, extra: dict | None = None) -> dict:
+    """Train one run in a fresh subprocess; returns its record (metrics, step_s, peak_mb, seconds)."""
+    sets = {**overrides, **(extra or {}), "train.seed": seed}
+    cmd = [sys.executable, "-m", "iuq_lite.train", "--preset", preset, "--out", str(out), "--resume",
+           "--no-progress"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v!r}")]
+    print(f"[reproduce] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    stdout, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"run failed ({proc.returncode}): {' '.join(cmd)}")
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    manifest = json.loads((out / "manifest.json").read_text())
+    hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines() if x.strip()]
+    rates = [h["it_s"] for h in hist if "it_s" in h][1:]   # the first interval includes start-up
+    return {"preset": preset, "seed": seed, "overrides": overrides, "metrics": summary["metrics"],
+            "step_s": round(1 / statistics.median(rates), 4) if rates else None,
+            "peak_mb": manifest.get("peak_mb"), "seconds": round(time.time() - t0, 1)}
+
+
+def keep_checkpoint(run_dir: Path, name: str) -> None:
+    """Copy a run's weights as fp16 (<= 10 MB) plus its manifest into checkpoints/<name>/."""
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    dst = CHECKPOINTS / name
+    utils.atomic_save(state, dst / "model.pt")
+    shutil.copy(run_dir / "manifest.json", dst / "manifest.json")
+
+
+def reproduce(only: list[str] | None = None, seeds: list[int] | None = None) -> dict:
+    done: dict[str, int] = {}
+    for name, rows in STUDIES.items():
+        if only and name not in only:
+            continue
+        res = load_results(name)
+        have = {run_key(r["preset"], r["seed"], r["overrides"]) for r in res["runs"]}
+        for row, preset, over, row_seeds in rows:
+            for seed in row_seeds:
+                if seeds is not None and seed not in seeds:
+                    continue
+                if run_key(preset, seed, over) in have:
+                    continue
+                slug = "".join(ch if ch.isalnum() else "_" for ch in row).strip("_")
+                out = ROOT / "runs" / "study" / name / f"{slug}_s{seed}"
+                rec = {"row": row, **run_one(preset, seed, over, out)}
+                res = load_results(name)       # re-read: another process may have appended meanwhile
+                res["runs"].append(rec)
+                res["commit"] = utils.git_commit()
+                utils.write_json(res, RESULTS / f"{name}.json")
+                if (name, row, seed) in KEEP:
+                    keep_checkpoint(out, KEEP[(name, row, seed)])
+                done[name] = done.get(name, 0) + 1
+    return {"new_runs": done}
+
+
+# ----------------------------------------------------------------------------------------------- tables
+METRIC_COLS = ("segm/AP", "segm/AP50", "segm/AP75", "segm/APs", "segm/APm")
+
+
+def summarize(name: str) -> list[dict]:
+    """Per row: mean and sd of each metric over seeds, in the order of STUDIES[name]."""
+    res = load_results(name)
+    out = []
+    for row, preset, over, _ in STUDIES[name]:
+        runs = [r for r in res["runs"] if r["preset"] == preset and r["overrides"] == over]
+        if not runs:
+            continue
+        keys = sorted({k for r in runs for k, v in r["metrics"].items() if v is not None})
+        agg = {}
+        for k in keys:
+            vals = [r["metrics"][k] for r in runs if r["metrics"].get(k) is not None]
+            agg[k] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        steps = [r["step_s"] for r in runs if r.get("step_s")]
+        peaks = [r["peak_mb"] for r in runs if r.get("peak_mb")]
+        out.append({"row": row, "n": len(runs), "metrics": agg, "seeds": sorted(r["seed"] for r in runs),
+                    "step_s": statistics.mean(steps) if steps else None,
+                    "peak_mb": max(peaks) if peaks else None})
+    return out
+
+
+def markdown_table(name: str) -> str:
+    rows = summarize(name)
+    if not rows:
+        return f"*(no results yet for `{name}`: run `make reproduce`)*"
+    groups = sorted({k.split("@")[1] for r in rows for k in r["metrics"] if "@" in k})
+    head = ["row", "seeds", *[c.split("/")[1] for c in METRIC_COLS], *[f"AP@{g}" for g in groups],
+            "step s", "peak MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        def fmt(k: str) -> str:
+            if k not in r["metrics"]:
+                return "–"
+            m, s = r["metrics"][k]
+            return f"{m:.1f} ± {s:.1f}" if r["n"] > 1 else f"{m:.1f}"
+        cells = [r["row"], str(r["n"]), *[fmt(c) for c in METRIC_COLS], *[fmt(f"segm/AP@{g}") for g in groups],
+                 f"{r['step_s']:.3f}" if r["step_s"] else "–", f"{r['peak_mb']:.0f}" if r["peak_mb"] else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------- demo
+def demo(iters: int | None = None) -> dict:
+    """Generate the embedded data, print its statistics, train baseline and IUQ briefly, print both."""
+    from .config import from_preset
+    from .data import shapes
+    from .train import train
+
+    cfg = from_preset("shapes")
+    t0 = time.time()
+    paths = shapes.ensure_from_config(cfg.data)
+    print(f"[demo] embedded dataset ready in {time.time() - t0:.1f} s: {paths['root']}", file=sys.stderr)
+    stats = {s: shapes.stats(paths[f"{s}_ann"]) for s in ("train", "val")}
+    print(json.dumps(stats, indent=1), file=sys.stderr)
+    iters = iters or int(os.environ.get("IUQ_DEMO_ITERS", 600))
+    metrics = {}
+    for preset in ("shapes", "shapes_iuq"):
+        cfg = from_preset(preset, {"train.iters": iters})
+        print(f"[demo] training {preset} for {iters} steps", file=sys.stderr)
+        res = train(cfg, out=ROOT / "runs" / "demo" / preset, overrides={"train.iters": iters})
+        metrics[preset] = {"metrics": res.metrics, "seconds": round(res.seconds, 1)}
+    print("\n" + demo_table(metrics, iters), file=sys.stderr)
+    return {"data": {s: {k: v for k, v in st.items() if k in ("images", "instances")} for s, st in stats.items()},
+            "demo": metrics, "seconds": round(time.time() - t0, 1)}
+
+
+def demo_table(metrics: dict, iters: int) -> str:
+    lines = [f"Short demo schedule ({iters} steps; one seed — its delta is within seed noise, claim nothing):",
+             "| run | " + " | ".join(c.split('/')[1] for c in METRIC_COLS) + " | seconds |",
+             "|" + "---|" * (len(METRIC_COLS) + 2)]
+    for name, m in metrics.items():
+        vals = [f"{m['metrics'].get(c):.1f}" if m["metrics"].get(c) is not None else "–" for c in METRIC_COLS]
+        lines.append(f"| {name} | " + " | ".join(vals) + f" | {m['seconds']} |")
+    lines += ["", "Committed `make reproduce` results (mean ± sd over seeds, full schedule):", markdown_table("main")]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo")
+    d.add_argument("--iters", type=int, default=None)
+    r = sub.add_parser("reproduce")
+    r.add_argument("--only", nargs="*", default=None, choices=list(STUDIES))
+    r.add_argument("--seeds", nargs="*", type=int, default=None)
+    sub.add_parser("table")
+    args = ap.parse_args(argv)
+    if args.cmd == "demo":
+        out: Any = demo(args.iters)
+    elif args.cmd == "reproduce":
+        out = reproduce(args.only, args.seeds)
+    else:
+        out = {name: markdown_table(name) for name in STUDIES}
+        for name, table in out.items():
+            print(f"### {name}\n{table}\n", file=sys.stderr)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

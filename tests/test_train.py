@@ -1,0 +1,63 @@
+import json
+
+import pytest
+import torch
+
+import iuq_lite as iuq
+from iuq_lite.train import epoch_indices, lr_lambda, parse_sets
+
+
+def test_parse_sets_literals_and_strings():
+    assert parse_sets(["train.iters=5", "iuq.equi.kinds=['hflip','crop']", "data.root=/x/coco"]) == {
+        "train.iters": 5, "iuq.equi.kinds": ["hflip", "crop"], "data.root": "/x/coco"}
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = iuq.config.from_preset("tiny", {"train.iters": 100, "train.warmup_iters": 10})
+    f = lr_lambda(cfg)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(99) < 0.1 and f(99) >= cfg.train.min_lr_ratio
+
+
+def test_epoch_order_is_keyed_by_seed_and_epoch_and_shards_disjointly():
+    a = epoch_indices(20, seed=0, epoch=3)
+    assert a == epoch_indices(20, seed=0, epoch=3) and a != epoch_indices(20, seed=0, epoch=4)
+    r0, r1 = epoch_indices(20, seed=0, epoch=3, rank=0, world=2), epoch_indices(20, seed=0, epoch=3, rank=1, world=2)
+    assert not set(r0) & set(r1) and len(r0) == len(r1) == 10
+
+
+def test_tiny_run_writes_the_run_folder(tmp_path):
+    cfg = iuq.config.from_preset("tiny_iuq", {"train.iters": 6, "train.log_every": 2})
+    res = iuq.train.train(cfg, out=tmp_path, progress=False)
+    assert (tmp_path / "model.pt").exists() and (tmp_path / "history.jsonl").exists()
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["preset"] == "tiny_iuq" and manifest["model_sha256"] and manifest["data_sha256"]
+    assert set(res.metrics) >= {"segm/AP", "segm/AP50"} and 0 <= res.metrics["segm/AP"] <= 100
+    assert [h["step"] for h in res.history] == [2, 4, 6]
+    assert all("loss_inter" in h and "loss_equi" in h for h in res.history)
+    state = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert iuq.config.from_dict(state["config"]) == cfg
+    model, cfg2 = iuq.train.load_model(tmp_path / "model.pt")
+    assert cfg2 == cfg
+
+
+def test_resume_after_kill_gives_identical_weights(tmp_path):
+    """Stop after 4 steps (as a kill would leave it), resume to 8: same weights as 8 steps straight."""
+    over = {"train.iters": 8, "train.ckpt_every": 4, "train.eval_at_end": False}
+    cfg = iuq.config.from_preset("tiny_iuq", over)
+    straight = iuq.train.train(cfg, out=tmp_path / "a", progress=False)
+    half = iuq.train.train(cfg, out=tmp_path / "b", progress=False, stop_after=4)
+    assert half.checkpoint.endswith("iter_0000004.pt") and not (tmp_path / "b" / "model.pt").exists()
+    resumed = iuq.train.train(cfg, out=tmp_path / "b", resume=True, progress=False)
+    a = torch.load(straight.checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.checkpoint, weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    over = {"train.iters": 2, "train.eval_at_end": False}
+    iuq.train.train(iuq.config.from_preset("tiny", over), out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        iuq.train.train(iuq.config.from_preset("tiny_iuq", over), out=tmp_path, resume=True, progress=False)
