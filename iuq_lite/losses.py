@@ -1,0 +1,262 @@
+"""Point-sampled mask losses and the set criterion (DETR / Mask2Former), METHOD §1.
+
+    criterion = SetCriterion(cfg.loss, cfg.model.num_classes, HungarianMatcher(num_points=cfg.loss.num_points))
+    losses = criterion(outputs, targets)              # dict of ALREADY-WEIGHTED terms; total = sum(values)
+    l_equi = criterion.mask_loss(out_g, targets_g, valid=valid_g)   # 5 BCE + 5 dice, METHOD §4 step 5
+
+Targets: a list of B dicts, at input resolution (the padded batch size, shared by every image of the batch):
+    "labels"  [T] long,  "masks" [T,H,W] bool,  "iscrowd" [T] bool (optional; crowd annotations are dropped
+    before matching, so they are neither matched nor penalised), "size" tensor([h, w]) (optional; the
+    unpadded image size, used by mask_loss to keep points inside the real image).
+
+Mask2Former §3.3: "we compute the mask loss ... on K randomly sampled points ... with importance sampling"
+(PointRend): oversample 3x uniformly, keep the 75 % most uncertain (|logit| smallest), fill up uniformly.
+Points are normalised (x, y) in [0, 1], so predictions (stride 4) and targets (stride 1) share them.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LossConfig
+from .utils import all_reduce_sum, world_size
+
+if TYPE_CHECKING:
+    from .matcher import HungarianMatcher
+
+Indices = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+# ------------------------------------------------------------------------------------- point sampling
+def point_sample(input: torch.Tensor, point_coords: torch.Tensor, *, mode: str = "bilinear") -> torch.Tensor:
+    """Read input [N,C,H,W] at point_coords [N,P,2] (normalised (x, y) in [0, 1]) -> [N,C,P].
+
+    align_corners=False: coordinate 0 is the left edge of the first pixel at ANY resolution, so one set of
+    points addresses stride-4 predictions and full-resolution targets alike. padding_mode="border" (Mask2Former
+    pads with zeros): a point in the outer half pixel reads the edge pixel instead of blending with 0, which
+    for stride-4 logits would pull a 2-px frame of every image towards p = 0.5.
+    """
+    grid = (point_coords * 2.0).sub_(1.0).unsqueeze(2).to(input.dtype)     # [N,P,1,2] in [-1, 1]
+    return F.grid_sample(input, grid, mode=mode, padding_mode="border", align_corners=False).squeeze(3)
+
+
+def calculate_uncertainty(logits: torch.Tensor) -> torch.Tensor:
+    """Uncertainty of mask logits [N,1,P] -> [N,1,P]: -|logit| (highest at the decision boundary)."""
+    return -logits.abs()
+
+
+def get_uncertain_point_coords_with_randomness(
+        coarse_logits: torch.Tensor, uncertainty_func: Callable[[torch.Tensor], torch.Tensor], num_points: int,
+        oversample_ratio: float, importance_sample_ratio: float, *,
+        valid_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """PointRend's importance sampling: coarse_logits [N,1,h,w] -> point coords [N,num_points,2] in [0, 1].
+
+    Draw num_points * oversample_ratio uniform candidates, keep the importance_sample_ratio * num_points most
+    uncertain ones, add uniform points for the rest. valid_fn(coords [N,S,2]) -> [N,S] (> 0 = valid), when
+    given, ranks invalid candidates last so the uncertain points land inside the valid region.
+    """
+    n = coarse_logits.shape[0]
+    dev = coarse_logits.device
+    num_sampled = int(num_points * oversample_ratio)
+    coords = torch.rand(n, num_sampled, 2, device=dev, generator=generator)             # [N,S,2]
+    uncertainty = uncertainty_func(point_sample(coarse_logits, coords))[:, 0]             # [N,S]
+    if valid_fn is not None:
+        uncertainty = uncertainty.masked_fill(valid_fn(coords) <= 0, float("-inf"))
+    num_uncertain = int(importance_sample_ratio * num_points)
+    num_random = num_points - num_uncertain
+    idx = torch.topk(uncertainty, k=num_uncertain, dim=1, sorted=False).indices           # [N,k]
+    coords = torch.gather(coords, 1, idx[..., None].expand(-1, -1, 2))                    # [N,k,2]
+    if num_random > 0:
+        coords = torch.cat([coords, torch.rand(n, num_random, 2, device=dev, generator=generator)], dim=1)
+    return coords
+
+
+# ----------------------------------------------------------------------------------------- mask losses
+def sigmoid_ce_loss(inputs: torch.Tensor, targets: torch.Tensor,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-mask sigmoid BCE: inputs [N,P] logits, targets [N,P] in [0,1] -> [N], the (weighted) mean over points.
+
+    weights [N,P] >= 0 (e.g. point validity): a mask whose points all have weight 0 contributes 0.
+    """
+    loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    if weights is None:
+        return loss.mean(1)
+    return (loss * weights).sum(1) / weights.sum(1).clamp(min=1e-6)
+
+
+def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-mask dice loss: inputs [N,P] logits, targets [N,P] in [0,1] -> [N], 1 - (2|pt| + 1) / (|p| + |t| + 1).
+
+    weights [N,P] >= 0 weight each point in the three sums (0 = the point is ignored).
+    """
+    p = inputs.sigmoid()
+    if weights is not None:
+        p, targets = p * weights, targets * weights
+    numerator = 2 * (p * targets).sum(-1)
+    denominator = p.sum(-1) + targets.sum(-1)
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+# ---------------------------------------------------------------------------------------- criterion
+def _prepare(targets: list[dict], device: torch.device) -> tuple[list[dict], list[dict], list[torch.Tensor | None]]:
+    """(targets with fp32 masks on `device`, the same without crowd annotations, per image the kept original
+    indices or None when nothing was dropped). Converting once serves the matcher and every decoder layer."""
+    full, kept, keeps = [], [], []
+    for t in targets:
+        t = {**t, "masks": t["masks"].to(device, torch.float32), "labels": t["labels"].to(device)}
+        full.append(t)
+        crowd = t.get("iscrowd")
+        if crowd is None or not bool(crowd.any()):
+            kept.append(t)
+            keeps.append(None)
+            continue
+        keep = (~crowd.to(device).bool()).nonzero().flatten()
+        kept.append({**t, "labels": t["labels"][keep], "masks": t["masks"][keep], "iscrowd": crowd.to(device)[keep]})
+        keeps.append(keep)
+    return full, kept, keeps
+
+
+def _to_original(indices: Indices, keeps: list[torch.Tensor | None]) -> Indices:
+    """Map target indices of crowd-free targets back to the caller's (original) target indices."""
+    return [(i, j if keep is None else keep.to(j.device)[j]) for (i, j), keep in zip(indices, keeps)]
+
+
+class SetCriterion(nn.Module):
+    """Hungarian matching + class CE (no-object weight) + point-sampled mask BCE and dice, per decoder layer.
+
+    forward(outputs, targets, *, return_indices=False) -> losses (or (losses, indices)):
+        outputs: "pred_logits" [B,Q,K+1], "pred_masks" [B,Q,h,w] logits, optional "aux_outputs" (list of
+        dicts with the same two keys). losses: "loss_ce", "loss_mask", "loss_dice" for the final layer and
+        "loss_ce_{i}", "loss_mask_{i}", "loss_dice_{i}" for aux output i when loss_cfg.deep_supervision;
+        every term is already multiplied by its weight, so the total is sum(losses.values()).
+        indices: the final layer's matching, [(index_q [n], index_t [n])] per image, index_t into the caller's
+        targets (crowd annotations included in the numbering, never matched).
+    Mask terms are normalised by num_masks = the number of non-crowd target masks in the global batch
+    (all-reduced across ranks, divided by the world size, at least 1), as DETR does.
+    """
+
+    def __init__(self, loss_cfg: LossConfig, num_classes: int, matcher: HungarianMatcher):
+        super().__init__()
+        self.cfg = loss_cfg
+        self.num_classes = num_classes
+        self.matcher = matcher
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = loss_cfg.no_object_weight   # down-weight the many unmatched "no object" queries
+        self.register_buffer("empty_weight", empty_weight)
+
+    # -- pieces ------------------------------------------------------------------------------------------
+    def num_masks(self, targets: list[dict], device: torch.device) -> float:
+        """Non-crowd target masks per rank, averaged over ranks, clamped at 1 (DETR's num_boxes)."""
+        n = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+        return float((all_reduce_sum(n) / world_size()).clamp(min=1).item())
+
+    def class_loss(self, logits: torch.Tensor, targets: list[dict], indices: Indices) -> torch.Tensor:
+        """Unweighted CE over all queries [B,Q,K+1]; unmatched queries target no-object (class K)."""
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        b, q = _batch_index(indices, logits.device)
+        if b.numel():
+            target_classes[b, q] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(
+                logits.device)
+        return F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.empty_weight)
+
+    def mask_terms(self, pred_masks: torch.Tensor, targets: list[dict], indices: Indices, num_masks: float, *,
+                   valid: torch.Tensor | None = None, use_size: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unweighted (BCE, dice) of the matched pairs on sampled points, each summed over masks / num_masks.
+
+        pred_masks [B,Q,h,w] logits; valid [B,H',W'] bool or None; use_size: also drop points outside each
+        image's "size". Points get weight validity(nearest) x in-size, so invalid points leave both losses.
+        """
+        b, q = _batch_index(indices, pred_masks.device)
+        if b.numel() == 0:
+            zero = pred_masks.sum() * 0.0    # keeps the graph connected (DDP needs every parameter used)
+            return zero, zero
+        src = pred_masks[b, q].unsqueeze(1).float()                                          # [N,1,h,w]
+        tgt = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).to(src)         # [N,H,W]
+        weight_fn = self._weight_fn(b, targets, tgt.shape[-2:], valid, use_size)
+        with torch.no_grad():
+            if self.cfg.sampling == "importance":
+                coords = get_uncertain_point_coords_with_randomness(
+                    src, calculate_uncertainty, self.cfg.num_points, self.cfg.oversample_ratio,
+                    self.cfg.importance_sample_ratio, valid_fn=weight_fn)
+            elif self.cfg.sampling == "uniform":
+                coords = torch.rand(src.shape[0], self.cfg.num_points, 2, device=src.device)
+            else:
+                raise ValueError(f"loss.sampling must be importance | uniform, not {self.cfg.sampling!r}")
+            labels = point_sample(tgt.unsqueeze(1), coords).squeeze(1)                       # [N,P]
+            weights = None if weight_fn is None else weight_fn(coords)                       # [N,P]
+        logits = point_sample(src, coords).squeeze(1)                                        # [N,P]
+        bce = sigmoid_ce_loss(logits, labels, weights).sum() / num_masks
+        dice = dice_loss(logits, labels, weights).sum() / num_masks
+        return bce, dice
+
+    @staticmethod
+    def _weight_fn(b: torch.Tensor, targets: list[dict], hw: torch.Size, valid: torch.Tensor | None,
+                   use_size: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """coords [N,P,2] -> point weights [N,P] in {0,1} for the masks of images b [N]; None = all valid."""
+        sizes = None
+        if use_size and all("size" in t for t in targets):
+            # (w/W, h/H) per mask: normalised extent of the real image inside the padded canvas
+            wh = torch.stack([torch.as_tensor(t["size"], dtype=torch.float32).flip(0) for t in targets])
+            sizes = (wh / torch.tensor([hw[1], hw[0]], dtype=torch.float32)).to(b.device)[b]   # [N,2]
+        if valid is None and sizes is None:
+            return None
+        vmap = None if valid is None else valid.to(b.device)[b].unsqueeze(1).float()         # [N,1,H',W']
+
+        def fn(coords: torch.Tensor) -> torch.Tensor:
+            w = torch.ones(coords.shape[:2], device=coords.device)
+            if vmap is not None:
+                w = w * point_sample(vmap, coords, mode="nearest").squeeze(1)
+            if sizes is not None:
+                w = w * (coords < sizes[:, None, :]).all(-1).float()
+            return w
+        return fn
+
+    def _layer(self, out: dict, targets: list[dict], indices: Indices, num_masks: float,
+               suffix: str) -> dict[str, torch.Tensor]:
+        bce, dice = self.mask_terms(out["pred_masks"], targets, indices, num_masks)
+        return {f"loss_ce{suffix}": self.cfg.class_weight * self.class_loss(out["pred_logits"], targets, indices),
+                f"loss_mask{suffix}": self.cfg.mask_weight * bce,
+                f"loss_dice{suffix}": self.cfg.dice_weight * dice}
+
+    # -- public ------------------------------------------------------------------------------------------
+    def forward(self, outputs: dict, targets: list[dict], *,
+                return_indices: bool = False) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], Indices]:
+        """Weighted loss terms (see the class docstring); with return_indices, (losses, final-layer indices)."""
+        _, kept, keeps = _prepare(targets, outputs["pred_masks"].device)
+        num_masks = self.num_masks(kept, outputs["pred_masks"].device)
+        indices = self.matcher(outputs, kept)
+        losses = self._layer(outputs, kept, indices, num_masks, "")
+        if self.cfg.deep_supervision:
+            for i, aux in enumerate(outputs.get("aux_outputs", [])):
+                losses.update(self._layer(aux, kept, self.matcher(aux, kept), num_masks, f"_{i}"))
+        return (losses, _to_original(indices, keeps)) if return_indices else losses
+
+    def mask_loss(self, outputs: dict, targets: list[dict], *, valid: torch.Tensor | None = None,
+                  indices: Indices | None = None) -> torch.Tensor:
+        """mask_weight * BCE + dice_weight * dice of the final layer (no class loss), METHOD §4 step 5.
+
+        outputs: "pred_logits" [B,Q,K+1] (used by the matcher only), "pred_masks" [B,Q,h,w] logits.
+        valid: optional [B,H',W'] bool at any resolution; points outside valid, or outside a target's
+        "size", have weight 0 in both the BCE means and the dice sums (importance sampling ranks them last).
+        indices: optional matching [(index_q, index_t)] into `targets` (original numbering); None = run the
+        matcher (class + mask cost) on the crowd-free targets.
+        Normalised by the number of non-crowd target masks, all-reduced across ranks.
+        """
+        full, kept, keeps = _prepare(targets, outputs["pred_masks"].device)
+        num_masks = self.num_masks(kept, outputs["pred_masks"].device)
+        if indices is None:
+            indices = _to_original(self.matcher(outputs, kept), keeps)
+        bce, dice = self.mask_terms(outputs["pred_masks"], full, indices, num_masks, valid=valid, use_size=True)
+        return self.cfg.mask_weight * bce + self.cfg.dice_weight * dice
+
+
+def _batch_index(indices: Indices, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image index [N], query index [N]) of all matched pairs, concatenated over images."""
+    b = torch.cat([torch.full_like(i, n) for n, (i, _) in enumerate(indices)]).to(device)
+    q = torch.cat([i for i, _ in indices]).to(device)
+    return b, q
