@@ -127,3 +127,16 @@ def method_schematic(*, inter_weight: float | str = "w", equi_weight: float | st
               ("I", "gI", "g: flip | crop", green), ("gI", "fg", "", green), ("fg", "Eg", "", green),
               ("Eg", "EgF", "", green), ("F", "EgF", "g(F)", green), ("EgF", "Lequi", "", green)]
     return draw_diagram(boxes, arrows, title="IUQ = three training losses; inference runs the blue boxes only")
+
+
+def match_colors(iou: np.ndarray, gt_colors: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
+    """Colours [P,3] for P predictions from their IoU [P,G] with G ground-truth instances: the colour of the
+    best-overlapping GT instance when that IoU >= threshold (so one object has one colour across panels),
+    else a distinct washed-out grey (palette hues at low saturation, unlike any GT colour)."""
+    iou = np.asarray(iou, dtype=np.float64)                  # [P,G]
+    out = np.empty((len(iou), 3))
+    greys = 0.45 + 0.2 * palette(len(iou), seed=3)        # mostly grey with a hue hint: [0.45, 0.65]
+    for k, row in enumerate(iou):
+        best = int(row.argmax()) if row.size else -1
+        out[k] = gt_colors[best] if best >= 0 and row[best] >= threshold else greys[k]
+    return out
