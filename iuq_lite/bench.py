@@ -1,0 +1,279 @@
+"""Benchmarks that print figures: ``python -m iuq_lite.bench NAME`` (progress on stderr, last stdout line JSON).
+
+    python -m iuq_lite.bench inter-loss      # fused inter-scene loss vs the bare einsum, time and memory
+
+BENCHMARKS maps a name to a function returning a JSON-able dict; add entries there.
+Timings are medians of alternating runs after warm-up, in one process, so load from other processes hits
+every variant alike; re-run on an idle machine before quoting them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+# B=2 images, Q=100 queries, C=256, M=100k memory pixels: Mask2Former R50 on COCO, per GPU (METHOD §2).
+INTER_SHAPE = {"B": 2, "Q": 100, "C": 256, "M": 100_000}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _inter_inputs(B: int, Q: int, C: int, M: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    # Scales give logits of a few units, like a trained model's (the focal math costs the same at any scale).
+    embed = torch.randn(B, Q, C, generator=g) / C ** 0.5
+    memory = torch.randn(M, C, generator=g)
+    return embed, memory
+
+
+def _inter_variants(embed: torch.Tensor, memory: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """name -> one forward + backward. 'bare' = einsum forward + its backward with a precomputed upstream
+    gradient (the floor: the two matmuls any implementation needs)."""
+    from . import inter_kernel as K
+
+    upstream = torch.randn(embed.shape[0], embed.shape[1], memory.shape[0])
+
+    def bare() -> None:
+        e = embed.detach().requires_grad_()
+        torch.einsum("bqc,mc->bqm", e, memory).backward(upstream)
+
+    def fused(compiled: bool) -> Callable[[], None]:
+        def run() -> None:
+            K.set_compile(compiled)
+            e = embed.detach().requires_grad_()
+            K.inter_mask_loss(e, memory).backward()
+        return run
+
+    def naive() -> None:
+        e = embed.detach().requires_grad_()
+        K.inter_mask_loss_reference(e, memory).backward()
+
+    return {"bare": bare, "fused_eager": fused(False), "fused_compiled": fused(True), "naive": naive}
+
+
+def _peak_extra_mb(variant: str) -> float:
+    """Run one variant after a warm-up; peak RSS above the RSS just before it (MB = 10^6 bytes), from
+    /proc/self/status (writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS)."""
+    embed, memory = _inter_inputs(**INTER_SHAPE)
+    fn = _inter_variants(embed, memory)[variant]
+    fn()                                                  # warm-up (and compilation) outside the window
+
+    def status(key: str) -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024 / 1e6  # kB (KiB) -> MB
+        raise KeyError(key)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                                      # reset VmHWM to the current RSS
+    before = status("VmRSS")
+    fn()
+    return status("VmHWM") - before
+
+
+def _memory_in_subprocess(variant: str) -> float | None:
+    """Peak extra memory of `variant` in a FRESH interpreter (no allocator state from the timing runs)."""
+    code = f"from iuq_lite.bench import _peak_extra_mb; print(_peak_extra_mb({variant!r}))"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                             timeout=900,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        return round(float(out.stdout.strip().splitlines()[-1]), 1)
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError) as exc:
+        _log(f"memory measurement of {variant} failed: {exc}")
+        return None
+
+
+def _alternating(fns: dict[str, Callable[[], None]], runs: int, naive_runs: int) -> dict[str, float]:
+    """Median ms of each fn over `runs` rounds, the fns alternating within a round ('naive': naive_runs)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(runs):
+        for name, fn in fns.items():
+            if name == "naive" and r >= naive_runs:
+                continue
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        _log(f"[{torch.get_num_threads()} threads] run {r + 1}/{runs}: "
+             + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items() if len(v) == r + 1))
+    return {k: statistics.median(v) * 1e3 for k, v in times.items() if v}
+
+
+def bench_inter_loss(runs: int = 7, naive_runs: int = 3) -> dict:
+    """Forward + backward of inter_mask_loss at B=2, Q=100, C=256, M=100k (fp32, CPU, memory detached)
+    against the bare einsum forward + backward: median of `runs` alternating runs after warm-up; targets
+    time ratio <= 1.3 and peak extra memory <= 2 x one [B,Q,M] fp32 tensor (measured in fresh processes).
+    The naive version (einsum + torchvision sigmoid_focal_loss) is printed beside it."""
+    from . import inter_kernel as K
+
+    torch.manual_seed(0)
+    s = INTER_SHAPE
+    embed, memory = _inter_inputs(**s)
+    fns = _inter_variants(embed, memory)
+    # agreement of the three implementations (forward and gradient), on this very problem
+    grads, losses, warm_s = {}, {}, {}
+    for name, compiled in (("fused_eager", False), ("fused_compiled", True), ("naive", None)):
+        e = embed.detach().requires_grad_()
+        K.set_compile(bool(compiled))
+        t0 = time.perf_counter()
+        loss = K.inter_mask_loss_reference(e, memory) if compiled is None else K.inter_mask_loss(e, memory)
+        loss.backward()
+        losses[name], grads[name] = float(loss.detach()), e.grad
+        warm_s[name] = round(time.perf_counter() - t0, 2)
+        _log(f"warm-up {name}: {warm_s[name]:.1f} s (loss {losses[name]:.6f})")
+    compile_ok = not K._COMPILE["failed"]
+    fns["bare"]()
+    if not compile_ok:
+        del fns["fused_compiled"]
+    med = _alternating(fns, runs, naive_runs)
+    ratio = {k: v / med["bare"] for k, v in med.items()}
+    # The same with one thread: no barriers, so load from other processes slows every variant alike; the
+    # noise-robust figure on a shared machine (the multi-threaded one is what a quiet machine gives).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        med1 = _alternating({k: v for k, v in fns.items() if k != "naive"}, runs, 0)
+    finally:
+        torch.set_num_threads(threads)
+    ratio1 = {k: v / med1["bare"] for k, v in med1.items()}
+    bqm_mb = s["B"] * s["Q"] * s["M"] * 4 / 1e6                  # one [B,Q,M] fp32 tensor: 80 MB
+    _log("peak memory in fresh subprocesses ...")
+    peak = {k: _memory_in_subprocess(k) for k in fns}
+    chosen = "fused_compiled" if compile_ok and ratio.get("fused_compiled", 9e9) < ratio["fused_eager"] \
+        else "fused_eager"
+
+    def rel(a: str) -> float:
+        return float((grads[a] - grads["naive"]).abs().max() / grads["naive"].abs().max())
+    return {
+        "benchmark": "inter-loss", **s, "dtype": "float32", "device": "cpu", "threads": threads,
+        "load_avg_1min": os.getloadavg()[0], "runs": runs, "median_ms": {k: round(v, 1) for k, v in med.items()},
+        "ratio_to_bare": {k: round(v, 3) for k, v in ratio.items()},
+        "median_ms_1_thread": {k: round(v, 1) for k, v in med1.items()},
+        "ratio_to_bare_1_thread": {k: round(v, 3) for k, v in ratio1.items()},
+        "compile_available": compile_ok, "first_call_s": warm_s, "chosen": chosen, "default_path": "fused_compiled" if compile_ok
+        else "fused_eager",
+        "peak_extra_mb": peak, "bqm_tensor_mb": round(bqm_mb, 1),
+        "loss": {k: round(v, 7) for k, v in losses.items()},
+        "max_rel_grad_err_vs_naive": {k: rel(k) for k in ("fused_eager", "fused_compiled")},
+        "targets": {"time_ratio": 1.3, "peak_extra_mb": round(2 * bqm_mb, 1)},
+        "tile_elements": {"eager": K.CPU_TILE_ELEMENTS, "compiled": K.COMPILED_TILE_ELEMENTS},
+        "pass": {"time": ratio[chosen] <= 1.3,
+                 "memory": peak.get(chosen) is not None and peak[chosen] <= 2 * bqm_mb,
+                 **{f"time_{k}": ratio[k] <= 1.3 for k in ("fused_eager", "fused_compiled") if k in ratio},
+                 "time_1_thread": ratio1[chosen] <= 1.3},
+    }
+
+
+
+
+# ------------------------------------------------------------------------------------ training step / infer
+def _step_setup(preset: str, overrides: dict):
+    from .config import from_preset
+    from .data.coco import build_datasets
+    from .iuq import IUQCriterion
+    from .losses import SetCriterion
+    from .matcher import HungarianMatcher
+    from .model import build_model
+    from .train import batches, build_optimizer
+    cfg = from_preset(preset, overrides)
+    torch.manual_seed(0)
+    train_ds, _ = build_datasets(cfg.data)
+    model = build_model(cfg)
+    matcher = HungarianMatcher(cost_class=cfg.loss.class_weight, cost_mask=cfg.loss.mask_weight,
+                               cost_dice=cfg.loss.dice_weight, num_points=cfg.loss.num_points)
+    crit = IUQCriterion(SetCriterion(cfg.loss, cfg.model.num_classes, matcher), cfg.iuq, seed=0)
+    opt = build_optimizer(model, cfg)
+    data = batches(train_ds, batch_size=cfg.train.batch_size, seed=0, start_step=0)
+    state = {"step": 0}
+
+    def step() -> None:
+        images, targets = next(data)
+        losses = crit(model, images, targets, step=state["step"])
+        opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        crit.after_step()
+        state["step"] += 1
+    return step
+
+
+def bench_step(steps: int = 10, rounds: int = 4, preset: str = "shapes") -> dict:
+    """Training step time of the `shapes` preset: baseline vs inter-only vs full IUQ (METHOD §5).
+
+    Rounds alternate the variants (each `steps` steps after a warm-up that also fills the pixel memory), so
+    load from other processes hits every variant alike; median seconds per step over rounds.
+    """
+    variants = {"baseline": {}, "inter-only": {"iuq.inter.enabled": True},
+                "equi-only": {"iuq.equi.enabled": True},
+                "full IUQ": {"iuq.inter.enabled": True, "iuq.equi.enabled": True}}
+    fns = {name: _step_setup(preset, over) for name, over in variants.items()}
+    for name, fn in fns.items():      # warm-up; the memory reaches capacity (20k px) after ~40 steps
+        _log(f"warm-up {name}")
+        for _ in range(50 if "inter" in name or "full" in name else 5):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[name].append((time.perf_counter() - t0) / steps)
+        _log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms" for k, v in times.items()))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["baseline"]
+    return {"preset": preset, "threads": torch.get_num_threads(),
+            "step_s": {k: round(v, 4) for k, v in med.items()},
+            "ratio_vs_baseline": {k: round(v / base, 3) for k, v in med.items()},
+            "inter_only_target": 1.10, "inter_only_ok": med["inter-only"] / base <= 1.10}
+
+
+def bench_infer(shapes_batches: int = 10, coco_runs: int = 3) -> dict:
+    """Inference images/s: the `shapes` model (batch 8, 128 px, forward + post-processing) and the `coco_r50`
+    model on one 800x1333 image (padded to 800x1344), CPU fp32, random weights (speed does not depend on them)."""
+    from .config import from_preset
+    from .evaluate import postprocess
+    from .model import build_model
+    out = {"threads": torch.get_num_threads()}
+    for preset, shape, runs in (("shapes", (8, 3, 128, 128), shapes_batches),
+                                ("coco_r50", (1, 3, 800, 1344), coco_runs)):
+        torch.manual_seed(0)
+        cfg = from_preset(preset, {"model.pretrained": None})
+        model = build_model(cfg).eval()
+        x = torch.rand(shape)
+        sizes = [(shape[2], shape[3])] * shape[0]
+        with torch.inference_mode():
+            postprocess(model(x), sizes, topk=cfg.model.test_topk)          # warm-up
+            ts = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                postprocess(model(x), sizes, topk=cfg.model.test_topk)
+                ts.append(time.perf_counter() - t0)
+        ips = shape[0] / statistics.median(ts)
+        _log(f"{preset}: {ips:.2f} images/s")
+        out[preset] = {"images_per_s": round(ips, 2), "input": list(shape),
+                       "median_s_per_batch": round(statistics.median(ts), 4)}
+    return out
+
+
+BENCHMARKS: dict[str, Callable[[], dict]] = {"inter-loss": bench_inter_loss, "step": bench_step,
+                                             "infer": bench_infer}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] not in BENCHMARKS:
+        raise SystemExit(f"usage: python -m iuq_lite.bench NAME   (NAME in: {', '.join(BENCHMARKS)})")
+    print(json.dumps(BENCHMARKS[argv[0]]()))
+
+
+if __name__ == "__main__":
+    main()
