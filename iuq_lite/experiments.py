@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 CHECKPOINTS = ROOT / "checkpoints"
 SEEDS = (0, 1, 2)
+# Every study run: one thread (two runs share the 2 cores without thrashing) and a learning curve on 250 val
+# images every 500 steps (evaluation runs under a forked RNG, so it does not change training).
+STUDY_SETTINGS = {"train.threads": 1, "train.eval_every": 500, "train.eval_images": 250}
 
 # experiment -> list of (row name, preset, overrides, seeds). Rows differ from the baseline in one thing.
 _AUG = {"iuq.equi.enabled": True, "iuq.equi.as_augmentation": True}
@@ -100,28 +103,39 @@ def keep_checkpoint(run_dir: Path, name: str) -> None:
     shutil.copy(run_dir / "manifest.json", dst / "manifest.json")
 
 
-def reproduce(only: list[str] | None = None, seeds: list[int] | None = None) -> dict:
+def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, rows: list[str] | None = None) -> dict:
+    """Run every missing (experiment, row, seed); several processes may run this at once (per-run locks)."""
+    import fcntl
     done: dict[str, int] = {}
-    for name, rows in STUDIES.items():
+    for name in STUDIES:
         if only and name not in only:
             continue
-        res = load_results(name)
-        have = {run_key(r["preset"], r["seed"], r["overrides"]) for r in res["runs"]}
-        for row, preset, over, row_seeds in rows:
+        have = {run_key(r["preset"], r["seed"], r["overrides"]) for r in load_results(name)["runs"]}
+        for row, preset, over, row_seeds in STUDIES[name]:
             for seed in row_seeds:
-                if seeds is not None and seed not in seeds:
+                if (seeds is not None and seed not in seeds) or (rows and row not in rows):
                     continue
                 if run_key(preset, seed, over) in have:
                     continue
                 slug = "".join(ch if ch.isalnum() else "_" for ch in row).strip("_")
                 out = ROOT / "runs" / "study" / name / f"{slug}_s{seed}"
-                rec = {"row": row, **run_one(preset, seed, over, out)}
+                out.mkdir(parents=True, exist_ok=True)
+                lock = open(out / ".lock", "w")
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:      # another `reproduce` process is running it
+                    continue
+                rec = {"row": row, **run_one(preset, seed, over, out, extra=STUDY_SETTINGS)}
+                if run_key(preset, seed, over) in {run_key(r["preset"], r["seed"], r["overrides"])
+                                                   for r in load_results(name)["runs"]}:
+                    continue                 # finished meanwhile by another process
                 res = load_results(name)       # re-read: another process may have appended meanwhile
                 res["runs"].append(rec)
                 res["commit"] = utils.git_commit()
                 utils.write_json(res, RESULTS / f"{name}.json")
                 if (name, row, seed) in KEEP:
                     keep_checkpoint(out, KEEP[(name, row, seed)])
+                lock.close()
                 done[name] = done.get(name, 0) + 1
     return {"new_runs": done}
 
@@ -215,12 +229,13 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("reproduce")
     r.add_argument("--only", nargs="*", default=None, choices=list(STUDIES))
     r.add_argument("--seeds", nargs="*", type=int, default=None)
+    r.add_argument("--rows", nargs="*", default=None, help="only these row names")
     sub.add_parser("table")
     args = ap.parse_args(argv)
     if args.cmd == "demo":
         out: Any = demo(args.iters)
     elif args.cmd == "reproduce":
-        out = reproduce(args.only, args.seeds)
+        out = reproduce(args.only, args.seeds, args.rows)
     else:
         out = {name: markdown_table(name) for name in STUDIES}
         for name, table in out.items():

@@ -212,6 +212,8 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
             if (out / "history.jsonl").exists() else []
         if utils.is_main():
             print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
+    elif utils.is_main():
+        (out / "history.jsonl").unlink(missing_ok=True)      # a fresh run: no stale records
     train_model = model
     if utils.is_dist():
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -281,11 +283,12 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
                        "it_s": (step - tick_step) / max(now - tick, 1e-9), "seconds": now - t0,
                        **{k: v.item() for k, v in losses.items() if not k[-1].isdigit()}}
                 tick, tick_step = now, step
-                history.append(rec)
+                _log_record(history, rec, out)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False)
             if t.eval_every and step % t.eval_every == 0 and step < t.iters and utils.is_main():
-                history.append({"step": step, "seconds": time.time() - t0,
-                                **_evaluate(model, val_ds, cfg, limit=t.eval_images)})
+                with torch.random.fork_rng(devices=[]):    # evaluating must not shift the training RNG stream
+                    _log_record(history, {"step": step, "seconds": time.time() - t0,
+                                          **_evaluate(model, val_ds, cfg, limit=t.eval_images)}, out)
                 model.train()
             if step % t.ckpt_every == 0 or stop["signal"] is not None:
                 save_ckpt()
@@ -317,6 +320,14 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
             f.writelines(json.dumps(h) + "\n" for h in history)
     return TrainResult(checkpoint=str(model_path), metrics=metrics, history=history, seconds=seconds,
                        out=str(out))
+
+
+def _log_record(history: list, rec: dict, out: Path) -> None:
+    """Keep a history record and append it to OUT/history.jsonl at once (rewritten whole at checkpoints)."""
+    history.append(rec)
+    if utils.is_main():
+        with open(out / "history.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 def _evaluate(model, dataset, cfg: Config, limit: int = 0) -> dict:

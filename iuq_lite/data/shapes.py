@@ -4,8 +4,9 @@
     paths = iuq.data.shapes.ensure_dataset(num_train=2000, num_val=1000)        # cached, file-locked
 
 Each image holds MANY same-class, same-looking instances (4-14 drawn from 1-3 classes; instances of one class
-in one image share colour and texture, while colour/texture are re-drawn per image so only shape tells the
-class). That is the "query collapse" regime IUQ targets. Instances are painted in depth order over a textured
+in one image share colour and texture; with probability `class_textures` a class wears its dataset-wide
+signature look, so same-class instances also look alike ACROSS images, else a random one, so shape alone must
+tell the class). That is the "query collapse" regime IUQ targets. Instances are painted in depth order over a textured
 background; annotations are the VISIBLE parts as COCO RLE (polygons cannot hold holes), instances left with
 fewer than `min_area` visible pixels are dropped and counted in the json's "info". Each annotation carries an
 extra "groups" list naming the failure groups of the paper's Figure S3 it belongs to (see GROUPS), each driven
@@ -38,7 +39,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from scipy.ndimage import gaussian_filter
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ellipse")
 GROUPS = ("occluded_similar", "complex_topology", "small_blurry", "deformed", "transparent")
 STUFF_NAMES = ("sky", "grass", "wall")
@@ -53,8 +54,13 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "small_blurry": 0.15,                # P(radius 3-5.5 px and Gaussian blur)
     "deformed": 0.15,                    # P(sinusoidal elastic warp)
     "transparent": 0.12,                 # P(alpha-blended at opacity 0.35-0.6)
+    "class_textures": 0.8,               # P(a class wears its dataset-wide signature texture in an image)
     "stuff": False,
 }
+# One signature look per class (pattern kind, two colours): same-class instances then look alike ACROSS
+# images too, which is what the inter-scene loss (Eq. 5) must learn to tell apart.
+_SIGNATURES = [(0, (0.95, 0.35, 0.3)), (1, (0.3, 0.75, 0.95)), (2, (0.95, 0.85, 0.25)), (3, (0.55, 0.95, 0.4)),
+               (1, (0.85, 0.4, 0.9)), (0, (0.95, 0.6, 0.2))]
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -77,10 +83,16 @@ def _gauge(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.sqrt(u * u + v * v) / (0.5 + 0.65 * t)
 
 
-def _texture_params(rng: np.random.Generator, scale: float) -> dict:
+def _texture_params(rng: np.random.Generator, scale: float, signature: tuple | None = None) -> dict:
+    """Random pattern and colours, or (signature = (kind, rgb)) the class's look with a little colour jitter."""
     c1 = rng.uniform(0.2, 1.0, 3)
     c2 = c1 * rng.uniform(0.2, 0.6) if rng.random() < 0.5 else rng.uniform(0.0, 1.0, 3)
-    return {"kind": int(rng.integers(4)), "c1": c1, "c2": c2, "angle": rng.uniform(0, np.pi),
+    kind = int(rng.integers(4))
+    if signature is not None:
+        kind, base = signature
+        c1 = np.clip(np.array(base) + rng.uniform(-0.08, 0.08, 3), 0, 1)
+        c2 = c1 * 0.35
+    return {"kind": kind, "c1": c1, "c2": c2, "angle": rng.uniform(0, np.pi),
             "period": max(2.5, rng.uniform(3.0, 8.0) * scale)}
 
 
@@ -140,7 +152,8 @@ def _render(args: tuple) -> tuple[list[dict], list[dict], int]:
 
     n_cls = int(rng.integers(1, min(k["max_classes_per_image"], k["num_classes"]) + 1))
     classes = rng.choice(k["num_classes"], n_cls, replace=False)
-    textures = {int(c): _texture_params(rng, scale) for c in classes}
+    textures = {int(c): _texture_params(rng, scale, _SIGNATURES[c % len(_SIGNATURES)]
+                                        if rng.random() < k["class_textures"] else None) for c in classes}
     n = int(rng.integers(k["min_instances"], k["max_instances"] + 1))
     inst: list[dict] = []
     for _ in range(n):

@@ -166,8 +166,8 @@ def build_backbone(model_cfg: ModelConfig) -> nn.Module:
 class PixelDecoder(nn.Module):
     """FPN: lateral 1x1 convs, top-down nearest-upsample-and-add, a 3x3 ConvGN output conv per level.
 
-    forward(feats) -> (mask_features [B, mask_dim, H/4, W/4], [p32, p16, p8] each [B, conv_dim, H/s, W/s]).
-    The three coarse levels feed the query decoder's masked cross-attention (coarsest first, as Mask2Former);
+    forward(feats) -> (mask_features [B, mask_dim, H/4, W/4], [p32, p16, p8, p4] each [B, conv_dim, H/s, W/s]).
+    Three of them (ModelConfig.decoder_strides) feed the query decoder's masked cross-attention (coarsest first);
     mask_features is a 1x1 projection of the stride-4 output (Mask2Former's `mask_features` conv).
     """
 
@@ -191,4 +191,4 @@ class PixelDecoder(nn.Module):
             y = self.output[i](lat)
             outs.append(y)
         # outs = [p32, p16, p8, p4]
-        return self.mask_features(outs[-1]), outs[:3]
+        return self.mask_features(outs[-1]), outs

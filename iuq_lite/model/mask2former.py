@@ -120,6 +120,10 @@ class Mask2Former(nn.Module):
 
         self.backbone = build_backbone(c)
         self.pixel_decoder = PixelDecoder(self.backbone.channels, conv_dim=c.pixel_channels, mask_dim=c.mask_dim)
+        # Mask2Former cycles over strides 32/16/8; on 128-px images most objects vanish from the 4x4 stride-32
+        # map (and its attention mask), so small-image presets use finer levels.
+        self.level_index = [(32, 16, 8, 4).index(s) for s in c.decoder_strides]
+        self.num_levels = len(self.level_index)
         # Mask2Former's input_proj: only needed when the pixel decoder is narrower/wider than the queries.
         self.input_proj = nn.ModuleList(
             nn.Identity() if c.pixel_channels == d else nn.Conv2d(c.pixel_channels, d, 1)
@@ -134,10 +138,10 @@ class Mask2Former(nn.Module):
         self.mask_embed = MLP(d, d, c.mask_dim, 3)
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """images [B,3,H,W] in [0,1] -> (mask_features [B,C,H/4,W/4], levels [B,hidden,H/s,W/s], s = 32,16,8)."""
+        """images [B,3,H,W] in [0,1] -> (mask_features [B,C,H/4,W/4], levels [B,hidden,H/s,W/s], s = decoder_strides)."""
         x = (images - self.pixel_mean) / self.pixel_std
         mask_features, levels = self.pixel_decoder(self.backbone(x))
-        return mask_features, [proj(lvl) for proj, lvl in zip(self.input_proj, levels)]
+        return mask_features, [proj(levels[i]) for proj, i in zip(self.input_proj, self.level_index)]
 
     def heads(self, output: torch.Tensor, mask_features: torch.Tensor,
               attn_size: tuple[int, int] | None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
