@@ -33,6 +33,9 @@ lab: venv             ## JupyterLab on the notebooks
 notebooks: venv       ## regenerate every .ipynb from its .py source (no outputs)
 	@for f in notebooks/[0-9][0-9]_*.py; do $(VENV)/bin/jupytext --quiet --to ipynb "$$f" || exit 1; done
 
+figures: venv         ## regenerate figures/S1-S3 from the committed checkpoints
+	$(PY) -m iuq_lite.figures --out figures/
+
 reproduce: venv       ## the reproduction study behind the README tables (resumable)
 	$(PY) -m iuq_lite.experiments reproduce
 

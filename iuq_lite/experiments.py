@@ -185,6 +185,23 @@ def markdown_table(name: str) -> str:
     return "\n".join(lines)
 
 
+def readme_block(name: str) -> str:
+    return f"<!-- results:{name} -->\n{markdown_table(name)}\n<!-- /results:{name} -->"
+
+
+def update_readme(path: Path = ROOT / "README.md") -> bool:
+    """Rewrite the README's generated results blocks from results/*.json; True when something changed."""
+    import re
+    text = path.read_text()
+    new = text
+    for name in STUDIES:
+        new = re.sub(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", lambda _m: readme_block(name), new,
+                     flags=re.S)
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
 # ------------------------------------------------------------------------------------------------- demo
 def demo(iters: int | None = None) -> dict:
     """Generate the embedded data, print its statistics, train baseline and IUQ briefly, print both."""
@@ -198,7 +215,7 @@ def demo(iters: int | None = None) -> dict:
     print(f"[demo] embedded dataset ready in {time.time() - t0:.1f} s: {paths['root']}", file=sys.stderr)
     stats = {s: shapes.stats(paths[f"{s}_ann"]) for s in ("train", "val")}
     print(json.dumps(stats, indent=1), file=sys.stderr)
-    iters = iters or int(os.environ.get("IUQ_DEMO_ITERS", 600))
+    iters = iters or int(os.environ.get("IUQ_DEMO_ITERS", 400))
     metrics = {}
     for preset in ("shapes", "shapes_iuq"):
         cfg = from_preset(preset, {"train.iters": iters})
@@ -230,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--only", nargs="*", default=None, choices=list(STUDIES))
     r.add_argument("--seeds", nargs="*", type=int, default=None)
     r.add_argument("--rows", nargs="*", default=None, help="only these row names")
-    sub.add_parser("table")
+    sub.add_parser("table", help="print the results tables and rewrite the README's generated blocks")
     args = ap.parse_args(argv)
     if args.cmd == "demo":
         out: Any = demo(args.iters)
@@ -240,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         out = {name: markdown_table(name) for name in STUDIES}
         for name, table in out.items():
             print(f"### {name}\n{table}\n", file=sys.stderr)
+        out["readme_changed"] = update_readme()
     print(json.dumps(out))
 
 

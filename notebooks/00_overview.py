@@ -26,13 +26,15 @@
 # **equivariant to geometric transforms**, at no inference cost.
 #
 # This notebook: the problem on our embedded dataset, the method in one picture, a notation table
-# from the paper's symbols to `iuq_lite` names, and the dataset's statistics.
-# No model is trained or loaded here.
+# from the paper's symbols to `iuq_lite` names, the dataset's statistics, and a trained baseline beside
+# IUQ (committed checkpoints from `make reproduce`; nothing is trained here).
 
 # %% tags=["parameters"]
 PRESET = "shapes_iuq"        # config whose data and IUQ settings are shown
 NUM_SHOW = 4                 # images in the look-alike gallery
 SEED = 0                     # which same-class pair the cross-scene picture uses
+BASELINE = "../checkpoints/shapes_s0/model.pt"      # committed by `make reproduce`
+OURS = "../checkpoints/shapes_iuq_s0/model.pt"
 
 # %%
 import operator
@@ -175,6 +177,43 @@ print("COCO area buckets small / medium / large:", st["area_small_medium_large"]
 assert sum(st["per_class"].values()) == st["instances"]
 assert all(n > 0 for n in st["per_group"].values())
 assert st["area_small_medium_large"][2] == 0          # 128 px: no "large" objects, so segm/APl is None
+
+# %% [markdown]
+# ## 5 · Baseline and IUQ side by side
+#
+# Both models share the architecture, data, seed and number of steps; only the two training losses differ.
+# Inference is identical: IUQ's memory and second forward exist only in training. Their COCO metrics on the
+# full val split are recorded in each checkpoint's `manifest.json`; below, four val images with each
+# model's predictions (score > 0.5) and the ground truth.
+
+# %%
+import json
+from pathlib import Path
+
+runs = {name: iuq.train.load_model(path) for name, path in (("baseline", BASELINE), ("IUQ", OURS))}
+manifests = {name: json.loads((Path(p).parent / "manifest.json").read_text())
+             for name, p in (("baseline", BASELINE), ("IUQ", OURS))}
+for name, m in manifests.items():
+    print(f"{name:8s} preset {m['preset']:10s} AP {m['metrics']['segm/AP']:.1f}  AP50 {m['metrics']['segm/AP50']:.1f}"
+          f"  AP@occluded_similar {m['metrics']['segm/AP@occluded_similar']:.1f}")
+assert runs["baseline"][1].model == runs["IUQ"][1].model and runs["baseline"][1].train == runs["IUQ"][1].train
+
+# %%
+import torch
+
+images, targets = iuq.data.coco.collate([val[i] for i in range(NUM_SHOW)])
+panels, titles = [], []
+with torch.no_grad():
+    preds = {name: iuq.evaluate.postprocess(model(images), [tuple(t["size"].tolist()) for t in targets])
+             for name, (model, _) in runs.items()}
+for i, t in enumerate(targets):
+    panels.append(iuq.viz.render_instances(images[i], t["masks"]))
+    titles.append(f"ground truth ({len(t['masks'])})")
+    for name, p in preds.items():
+        keep = p[i]["scores"] > 0.5
+        panels.append(iuq.viz.render_instances(images[i], p[i]["masks"][keep]))
+        titles.append(f"{name} ({int(keep.sum())})")
+iuq.viz.show_grid(panels, titles=titles, ncols=3, size=2.6);
 
 # %% [markdown]
 # ## Summary
