@@ -20,16 +20,13 @@ import argparse
 import ast
 import json
 import math
-import os
-import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import utils
@@ -106,42 +103,6 @@ def batches(dataset, *, batch_size: int, seed: int, start_step: int, num_workers
             step += 1
 
 
-def rng_state() -> dict:
-    """Every RNG state as plain tensors / lists / numbers (loads with weights_only=True)."""
-    np_state = np.random.get_state(legacy=False)
-    state = {"torch": torch.get_rng_state(), "python": list(map(_plain, random.getstate())),
-             "numpy": _plain(np_state)}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(tuple(_tuple(x) for x in state["python"]))
-    np_state = dict(state["numpy"], state=dict(state["numpy"]["state"]))
-    np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
-    np.random.set_state(np_state)
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, np.ndarray):      # numpy MT19937 key: a list of ints survives weights_only loading
-        return x.tolist()
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def _tuple(x: Any) -> Any:
-    return tuple(_tuple(v) for v in x) if isinstance(x, list) else x
-
-
 def _to(targets: list[dict], device: torch.device) -> list[dict]:
     return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
             for t in targets]
@@ -205,7 +166,7 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         crit.load_state_dict(state["criterion"])
-        set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        utils.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
         step, skipped = state["step"], state["skipped"]
         history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()
                    if line.strip() and json.loads(line).get("step", 0) <= step] \
@@ -226,14 +187,14 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
     def on_signal(signum, frame):      # finish the step, write a checkpoint, exit
         stop["signal"] = signum
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
-        if _in_main_thread() else {}
+        if utils.in_main_thread() else {}
 
     def save_ckpt() -> None:
         if not utils.is_main():
             return
         utils.atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                            "scheduler": sched.state_dict(), "criterion": crit.state_dict(),
-                           "rng": rng_state(), "step": step, "skipped": skipped, "config": to_dict(cfg)},
+                           "rng": utils.rng_state(), "step": step, "skipped": skipped, "config": to_dict(cfg)},
                           out / "ckpt" / f"iter_{step:07d}.pt")
         for old in sorted((out / "ckpt").glob("iter_*.pt"))[:-t.keep_last]:
             old.unlink()
@@ -364,11 +325,6 @@ def _peak_mb(device: torch.device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _in_main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
-
 def load_model(path: str | Path, *, device: str = "cpu") -> tuple[torch.nn.Module, Config]:
     """Rebuild a model from OUT/model.pt (weights_only load, strict), in eval mode."""
     from .model import build_model
@@ -407,22 +363,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     overrides = parse_sets(args.sets)
     cfg = from_preset(args.preset, overrides)
-    if "RANK" in os.environ:
-        import torch.distributed as dist
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            cfg = from_dict({**to_dict(cfg), "train": {**to_dict(cfg)["train"],
-                                                       "device": f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"}})
+    gpu = utils.init_distributed()
+    if gpu is not None:
+        cfg = replace(cfg, train=replace(cfg.train, device=str(gpu)))
     result = train(cfg, out=args.out, resume=args.resume, overrides=overrides, progress=not args.no_progress)
     if utils.is_main():
         print(json.dumps({"checkpoint": result.checkpoint, "metrics": result.metrics,
                           "seconds": round(result.seconds, 1)}))
     if utils.is_dist():
-        import torch.distributed as dist
-        dist.destroy_process_group()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,21 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def init_distributed() -> torch.device | None:
+    """Under torchrun (RANK set): init the process group (NCCL on GPU, gloo on CPU); returns this rank's GPU."""
+    if "RANK" not in os.environ:
+        return None
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return torch.device(f"cuda:{local}") if torch.cuda.is_available() else None
+
+
+def in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over ranks (identity when not distributed)."""
     if not is_dist():
@@ -81,6 +97,43 @@ def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(out, x)
     return torch.cat([o[:s] for o, s in zip(out, sizes)])
+
+
+# ------------------------------------------------------------------------------------- RNG state
+def rng_state() -> dict:
+    """Every RNG state as plain tensors / lists / numbers (loads with weights_only=True)."""
+    np_state = np.random.get_state(legacy=False)
+    state = {"torch": torch.get_rng_state(), "python": list(map(_plain, random.getstate())),
+             "numpy": _plain(np_state)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(_tuple(x) for x in state["python"]))
+    np_state = dict(state["numpy"], state=dict(state["numpy"]["state"]))
+    np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(np_state)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, np.ndarray):      # numpy MT19937 key: a list of ints survives weights_only loading
+        return x.tolist()
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _tuple(x: Any) -> Any:
+    return tuple(_tuple(v) for v in x) if isinstance(x, list) else x
 
 
 # --------------------------------------------------------------------------------------- files

@@ -57,10 +57,9 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "class_textures": 0.8,               # P(a class wears its dataset-wide signature texture in an image)
     "stuff": False,
 }
-# One signature look per class (pattern kind, two colours): same-class instances then look alike ACROSS
-# images too, which is what the inter-scene loss (Eq. 5) must learn to tell apart.
-_SIGNATURES = [(0, (0.95, 0.35, 0.3)), (1, (0.3, 0.75, 0.95)), (2, (0.95, 0.85, 0.25)), (3, (0.55, 0.95, 0.4)),
-               (1, (0.85, 0.4, 0.9)), (0, (0.95, 0.6, 0.2))]
+# (pattern kind, colour) per class: same-class instances look alike ACROSS images too (what Eq. 5 targets)
+_SIGNATURES = [(0, (.95, .35, .3)), (1, (.3, .75, .95)), (2, (.95, .85, .25)), (3, (.55, .95, .4)), (1, (.85, .4, .9)),
+               (0, (.95, .6, .2))]
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -85,7 +84,7 @@ def _gauge(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def _texture_params(rng: np.random.Generator, scale: float, signature: tuple | None = None) -> dict:
     """Random pattern and colours, or (signature = (kind, rgb)) the class's look with a little colour jitter."""
-    c1 = rng.uniform(0.2, 1.0, 3)
+    c1 = rng.uniform(0.2, 1.0, 3)  # always drawn, so the stream does not depend on the signature
     c2 = c1 * rng.uniform(0.2, 0.6) if rng.random() < 0.5 else rng.uniform(0.0, 1.0, 3)
     kind = int(rng.integers(4))
     if signature is not None:
@@ -356,8 +355,7 @@ def ensure_dataset(*, num_train: int, num_val: int, image_size: int = 128, seed:
         for split, n in (("train", num_train), ("val", num_val)):
             ann = generate(root, split=split, num_images=n, image_size=image_size, seed=seed, **args["knobs"])
             files[str(ann.relative_to(root))] = _sha256(ann)
-        _write_json({"generator_version": GENERATOR_VERSION, "args": args, "sha256": files},
-                    root / "manifest.json")
+        _write_json({"generator_version": GENERATOR_VERSION, "args": args, "sha256": files}, root / "manifest.json")
     return paths
 
 
@@ -375,13 +373,12 @@ def stats(ann_file: str | Path) -> dict[str, Any]:
     per_class = Counter(names[a["category_id"]] for a in anns)
     per_group = Counter(g for a in anns for g in a.get("groups", ()))
     areas = np.array([a["area"] for a in anns], dtype=np.float64)
+    buckets = np.digitize(areas, [32 ** 2, 96 ** 2])     # COCO small / medium / large
     return {"images": len(d["images"]), "instances": len(anns),
             "per_class": {n: per_class.get(n, 0) for n in names.values()},
             "per_group": {g: per_group.get(g, 0) for g in GROUPS},
             "mean_instances_per_image": len(anns) / max(1, len(d["images"])),
-            "area_small_medium_large": [int((areas < 32 ** 2).sum()),
-                                        int(((areas >= 32 ** 2) & (areas < 96 ** 2)).sum()),
-                                        int((areas >= 96 ** 2).sum())],
+            "area_small_medium_large": [int((buckets == i).sum()) for i in range(3)],
             "dropped_instances": d.get("info", {}).get("dropped_instances")}
 
 
@@ -396,8 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     ann = generate(a.root, split=a.split, num_images=a.num_images, image_size=a.image_size, seed=a.seed,
                    workers=a.workers, progress=True)
-    s = stats(ann)
-    print(json.dumps({"ann": str(ann), "images": s["images"], "instances": s["instances"]}))
+    print(json.dumps({"ann": str(ann), **{k: stats(ann)[k] for k in ("images", "instances")}}))
 
 
 if __name__ == "__main__":
