@@ -142,6 +142,7 @@ _SMOKE = {
     "iuq.inter.capacity": 10_000,
 }
 _SHAPES: dict[str, Any] = {
+    "train.iters": 1500,                 # the study schedule: ~15 min for a baseline run on one core
     # 2,000 128-px images with ~10 instances give ~1M instance pixels at stride 4 per epoch; the memory
     # keeps the last ~20 steps' worth (METHOD §3: scale capacity to the data).
     "iuq.inter.capacity": 20_000,
