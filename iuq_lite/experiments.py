@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -94,13 +93,26 @@ def run_one(preset: str, seed: int, overrides: dict, out: Path, *, extra: dict |
             "peak_mb": manifest.get("peak_mb"), "seconds": round(time.time() - t0, 1)}
 
 
-def keep_checkpoint(run_dir: Path, name: str) -> None:
-    """Copy a run's weights as fp16 (<= 10 MB) plus its manifest into checkpoints/<name>/."""
+def keep_checkpoint(run_dir: Path, name: str, *, threads: int = 2) -> dict:
+    """Copy a run's weights as fp16 (<= 10 MB) into checkpoints/<name>/ with its manifest, whose "metrics" are
+    re-measured on the fp16 weights (the training-time fp32 figures stay as "metrics_fp32"), so that
+    re-evaluating the committed file reproduces them (tests/test_checkpoints.py, |dAP| <= 0.1)."""
+    from .data.coco import build_datasets
+    from .evaluate import evaluate
+    from .train import load_model
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     dst = CHECKPOINTS / name
     utils.atomic_save(state, dst / "model.pt")
-    shutil.copy(run_dir / "manifest.json", dst / "manifest.json")
+    torch.set_num_threads(threads)
+    model, cfg = load_model(dst / "model.pt")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["metrics_fp32"] = manifest["metrics"]
+    manifest["metrics"] = evaluate(model, build_datasets(cfg.data)[1], topk=cfg.model.test_topk)
+    manifest["model_sha256"] = utils.sha256_file(dst / "model.pt")
+    manifest["eval_threads"] = threads
+    utils.write_json(manifest, dst / "manifest.json")
+    return manifest
 
 
 def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, rows: list[str] | None = None) -> dict:
@@ -247,10 +259,15 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--only", nargs="*", default=None, choices=list(STUDIES))
     r.add_argument("--seeds", nargs="*", type=int, default=None)
     r.add_argument("--rows", nargs="*", default=None, help="only these row names")
+    k = sub.add_parser("keep", help="(re)export a finished study run as a committed fp16 checkpoint")
+    k.add_argument("run_dir")
+    k.add_argument("name")
     sub.add_parser("table", help="print the results tables and rewrite the README's generated blocks")
     args = ap.parse_args(argv)
     if args.cmd == "demo":
         out: Any = demo(args.iters)
+    elif args.cmd == "keep":
+        out = {"metrics": keep_checkpoint(Path(args.run_dir), args.name)["metrics"]}
     elif args.cmd == "reproduce":
         out = reproduce(args.only, args.seeds, args.rows)
     else:

@@ -145,6 +145,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)          # mkstemp makes 0600; checkpoints are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
