@@ -140,3 +140,108 @@ def match_colors(iou: np.ndarray, gt_colors: np.ndarray, *, threshold: float = 0
         best = int(row.argmax()) if row.size else -1
         out[k] = gt_colors[best] if best >= 0 and row[best] >= threshold else greys[k]
     return out
+
+
+def render_overlay(image, values: torch.Tensor | np.ndarray, *, cmap: str = "magma", alpha: float = 0.65,
+                   vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """A heat map [h,w] (any resolution with the image's aspect; nearest-upsampled) blended over an image
+    [3,H,W] or [H,W,3]: out = (1 - alpha * v) * image + alpha * v * colour(v), so v = 0 leaves the image."""
+    img = to_numpy_image(image)
+    v = values.detach().float().cpu().numpy() if torch.is_tensor(values) else np.asarray(values, np.float32)
+    ry, rx = img.shape[0] // v.shape[0], img.shape[1] // v.shape[1]
+    v = np.repeat(np.repeat(v, ry, 0), rx, 1)[:img.shape[0], :img.shape[1]]                   # [H,W]
+    w = alpha * np.clip((v - vmin) / max(vmax - vmin, 1e-12), 0, 1)[..., None]
+    return (1 - w) * img + w * render_heatmap(v, cmap=cmap, vmin=vmin, vmax=vmax)
+
+
+def pca_basis(features: torch.Tensor, *, k: int = 3) -> dict[str, torch.Tensor]:
+    """The top-k principal directions of feature maps [C,h,w] or [B,C,h,w] (pixels as samples), with the
+    1st/99th percentiles of the projections, so that several maps can be drawn in ONE colour space."""
+    x = features.detach().float().cpu()
+    x = x.reshape(-1, *x.shape[-3:]).permute(0, 2, 3, 1).reshape(-1, x.shape[-3])              # [N,C]
+    mean = x.mean(0)
+    comps = torch.linalg.svd(x - mean, full_matrices=False).Vh[:k]                             # [k,C]
+    proj = (x - mean) @ comps.T                                                                 # [N,k]
+    return {"mean": mean, "components": comps, "lo": proj.quantile(0.01, dim=0),
+            "hi": proj.quantile(0.99, dim=0)}
+
+
+def render_pca(features: torch.Tensor, basis: dict[str, torch.Tensor], *,
+               valid: torch.Tensor | None = None) -> np.ndarray:
+    """Feature map [C,h,w] -> [h,w,3] colours: its projection on pca_basis(...)'s 3 directions, scaled by the
+    basis's percentiles; pixels where `valid` [h,w] is False are black."""
+    f = features.detach().float().cpu()
+    proj = torch.einsum("chw,kc->hwk", f - basis["mean"][:, None, None], basis["components"])  # [h,w,3]
+    rgb = ((proj - basis["lo"]) / (basis["hi"] - basis["lo"]).clamp(min=1e-12)).clamp(0, 1)
+    if valid is not None:
+        rgb = rgb * valid.cpu()[..., None]
+    return rgb.numpy()
+
+
+def explore(render, **controls):
+    """ipywidgets.interact over a pure `render(**values)` that draws a matplotlib figure (its return value is
+    not displayed again); controls are ipywidgets or interact abbreviations. Returns the interactive widget.
+    It renders once at once with the initial values; ipywidgets SHOWS (does not raise) a callback's error,
+    so call `render` directly once in a plain cell to test it."""
+    import ipywidgets as widgets
+
+    def draw(**values) -> None:
+        render(**values)
+
+    return widgets.interact(draw, **controls).widget
+
+
+def mean_sd(v) -> tuple[float | None, float | None]:
+    """A table/bar value: float, (mean, sd) or None -> (mean, sd or None)."""
+    if v is None:
+        return None, None
+    return (float(v[0]), float(v[1])) if isinstance(v, (tuple, list)) else (float(v), None)
+
+
+def render_delta_table(rows: dict[str, dict], *, columns: Sequence[str], headers: Sequence[str] | None = None,
+                       reference: str | None = None, digits: int = 1) -> str:
+    """Markdown table in the style of the paper's Table S1. rows: {name: {column: value}}, value a float, a
+    (mean, sd) pair (shown "m ± s") or None/missing ("–"). Rows other than `reference` (default: the first)
+    add their difference of means to it, "↑d" or "↓d". Pure: returns the text."""
+    reference = reference or next(iter(rows))
+    head = ["", *(headers or columns)]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(columns) + "|"]
+    for name, vals in rows.items():
+        cells = [name]
+        for c in columns:
+            (m, s), (ref, _) = mean_sd(vals.get(c)), mean_sd(rows[reference].get(c))
+            text = "–" if m is None else f"{m:.{digits}f}" + ("" if s is None else f" ± {s:.{digits}f}")
+            if m is not None and ref is not None and name != reference:
+                d = round(m - ref, digits)
+                text += f" ({'↑' if d >= 0 else '↓'}{abs(d):.{digits}f})"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def show_grouped_bars(values: dict[str, dict], *, ylabel: str = "", title: str | None = None,
+                      colors: Sequence | None = None, size: tuple[float, float] = (10, 3.6)):
+    """Grouped bar chart: one group per category (the inner keys, in the first series' order), one bar per
+    series (the outer keys); value a float, a (mean, sd) pair (error bar) or None (no bar, "n/a"). Each bar is
+    labelled with its value. Returns the Figure."""
+    import matplotlib.pyplot as plt
+    cats = list(next(iter(values.values())))
+    colors = palette(len(values)) if colors is None else colors
+    width = 0.8 / len(values)
+    fig, ax = plt.subplots(figsize=size)
+    for i, (series, vals) in enumerate(values.items()):
+        for j, cat in enumerate(cats):
+            m, s = mean_sd(vals.get(cat))
+            x = j - 0.4 + width * (i + 0.5)
+            if m is None:
+                ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7)
+                continue
+            ax.bar(x, m, width, yerr=s, color=colors[i], capsize=3, label=series if j == 0 else None)
+            ax.text(x, m + (s or 0), f"{m:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(cats)), cats, rotation=15)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
