@@ -338,6 +338,18 @@ def load_model(path: str | Path, *, device: str = "cpu") -> tuple[torch.nn.Modul
     return model.to(device).eval(), cfg
 
 
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, Config, dict]:
+    """A committed checkpoint (checkpoints/<name>/model.pt, relative paths from the project root) with its
+    manifest, loaded strictly: the weights' sha256 and config must match the manifest (notebooks never retrain)."""
+    from .experiments import ROOT
+    path = ROOT / path
+    model, cfg = load_model(path)                   # FileNotFoundError names the path: run `make reproduce`
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    if utils.sha256_file(path) != manifest["model_sha256"] or manifest["config"] != to_dict(cfg):
+        raise ValueError(f"{path} does not match {path.parent / 'manifest.json'} (sha256 or config)")
+    return model, cfg, manifest
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """['a.b=1', 'c=[1,2]', 'd=text'] -> {'a.b': 1, 'c': [1, 2], 'd': 'text'} (Python literals, else str)."""

@@ -37,7 +37,6 @@ THRESHOLD = 0.5              # a pixel "fires" when sigmoid(E . F) > THRESHOLD
 SEED = 0                     # which images are drawn for the pictures and the measurements
 
 # %%
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -45,16 +44,6 @@ import numpy as np
 import torch
 
 import iuq_lite as iuq
-
-
-def load(path):
-    """A committed checkpoint and its manifest; raises if missing (notebooks never retrain)."""
-    path = iuq.experiments.ROOT / path
-    model, cfg = iuq.train.load_model(path)               # FileNotFoundError: run `make reproduce`
-    manifest = json.loads((path.parent / "manifest.json").read_text())
-    assert iuq.utils.sha256_file(path) == manifest["model_sha256"], f"{path} is not its manifest's file"
-    assert manifest["config"] == iuq.config.to_dict(cfg), f"{path}: weights and manifest disagree"
-    return model, cfg, manifest
 
 # %% [markdown]
 # The two committed checkpoints, loaded strictly: the weights' sha256 and config must match their manifest,
@@ -65,7 +54,7 @@ recorded = {(r["row"], r["seed"]): r["metrics"]["segm/AP"] for r in iuq.experime
 study_row = {folder: (row, seed) for (_, row, seed), folder in iuq.experiments.KEEP.items()}
 models, manifests = {}, {}
 for name, path in (("baseline", BASELINE), ("IUQ", OURS)):
-    models[name], cfg, manifests[name] = load(path)
+    models[name], cfg, manifests[name] = iuq.train.load_checkpoint(path)
     ap, rec = manifests[name]["metrics"]["segm/AP"], recorded.get(study_row.get(Path(path).parent.name))
     print(f"{name:8s} {path}: preset {cfg.preset!r}, {manifests[name]['iters']} steps, val segm/AP {ap:.2f} "
           f"(fp16 weights); results/main.json records {rec if rec is None else round(rec, 2)}")

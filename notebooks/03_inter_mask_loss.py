@@ -38,7 +38,6 @@ CAPACITY = 12_000            # pixels; small, so that the FIFO wraps around with
 SEED = 0
 
 # %%
-import json
 import time
 
 import matplotlib.pyplot as plt
@@ -50,16 +49,6 @@ from torchvision.ops import sigmoid_focal_loss
 
 import iuq_lite as iuq
 
-
-def load(path):
-    """A committed checkpoint and its manifest; raises if missing (notebooks never retrain)."""
-    path = iuq.experiments.ROOT / path
-    model, cfg = iuq.train.load_model(path)               # FileNotFoundError: run `make reproduce`
-    manifest = json.loads((path.parent / "manifest.json").read_text())
-    assert iuq.utils.sha256_file(path) == manifest["model_sha256"], f"{path} is not its manifest's file"
-    assert manifest["config"] == iuq.config.to_dict(cfg), f"{path}: weights and manifest disagree"
-    return model, cfg, manifest
-
 # %% [markdown]
 # The two committed checkpoints, loaded strictly (the weights' sha256 and config must match their
 # manifest), and the inter-scene settings the IUQ model was trained with.
@@ -67,7 +56,7 @@ def load(path):
 # %%
 models, cfgs = {}, {}
 for name, path in (("baseline", BASELINE), ("IUQ", OURS)):
-    models[name], cfgs[name], _ = load(path)
+    models[name], cfgs[name], _ = iuq.train.load_checkpoint(path)
     print(f"{name:8s} {path}: preset {cfgs[name].preset!r}, inter-scene loss {cfgs[name].iuq.inter.enabled}")
 cfg = cfgs["IUQ"]                                     # the inter-scene settings it was trained with
 alpha, gamma, ppi = cfg.iuq.inter.alpha, cfg.iuq.inter.gamma, cfg.iuq.inter.pixels_per_instance

@@ -41,7 +41,6 @@ EQ8_KIND = "rotate"          # the transform of the walk-through
 SEED = 0
 
 # %%
-import json
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -50,16 +49,6 @@ from IPython.display import Markdown, display
 
 import iuq_lite as iuq
 
-
-def load(path):
-    """A committed checkpoint and its manifest; raises if missing (notebooks never retrain)."""
-    path = iuq.experiments.ROOT / path
-    model, cfg = iuq.train.load_model(path)               # FileNotFoundError: run `make reproduce`
-    manifest = json.loads((path.parent / "manifest.json").read_text())
-    assert iuq.utils.sha256_file(path) == manifest["model_sha256"], f"{path} is not its manifest's file"
-    assert manifest["config"] == iuq.config.to_dict(cfg), f"{path}: weights and manifest disagree"
-    return model, cfg, manifest
-
 # %% [markdown]
 # The two committed checkpoints, loaded strictly (the weights' sha256 and config must match their
 # manifest), and the equivariance settings each was trained with.
@@ -67,7 +56,7 @@ def load(path):
 # %%
 models, cfgs = {}, {}
 for name, path in (("baseline", BASELINE), ("IUQ", OURS)):
-    models[name], cfgs[name], _ = load(path)
+    models[name], cfgs[name], _ = iuq.train.load_checkpoint(path)
     e = cfgs[name].iuq.equi
     print(f"{name:8s} {path}: equivariance loss {e.enabled}" + (f", kinds {list(e.kinds)}, lambda {e.weight}"
                                                                  if e.enabled else ""))
