@@ -168,9 +168,9 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
         crit.load_state_dict(state["criterion"])
         utils.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
         step, skipped = state["step"], state["skipped"]
-        history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()
-                   if line.strip() and json.loads(line).get("step", 0) <= step] \
-            if (out / "history.jsonl").exists() else []
+        if (out / "history.jsonl").exists():        # records up to the checkpoint; later ones are redone
+            records = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
+            history = [h for h in records if h.get("step", 0) <= step]
         if utils.is_main():
             print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
     elif utils.is_main():
@@ -251,7 +251,7 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
                     _log_record(history, {"step": step, "seconds": time.time() - t0,
                                           **_evaluate(model, val_ds, cfg, limit=t.eval_images)}, out)
                 model.train()
-            if step % t.ckpt_every == 0 or stop["signal"] is not None:
+            if step % t.ckpt_every == 0:               # a signal's checkpoint is written after the loop
                 save_ckpt()
     finally:
         bar.close()
@@ -260,7 +260,8 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
     if stop["signal"] is not None:
         save_ckpt()
         raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step}; resume with --resume")
-    save_ckpt()
+    if step % t.ckpt_every:                          # else the loop has just written this step's checkpoint
+        save_ckpt()
     if step < t.iters:             # stop_after: interrupted on purpose
         return TrainResult(checkpoint=str(latest_checkpoint(out)), metrics={}, history=history,
                            seconds=time.time() - t0, out=str(out))
@@ -276,9 +277,7 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
                     "commit": utils.git_commit(), "data_sha256": _data_sha(cfg), "metrics": metrics,
                     "seconds": seconds, "iters": t.iters, "skipped_steps": skipped, "peak_mb": _peak_mb(device),
                     "model_sha256": utils.sha256_file(model_path), "config": to_dict(cfg)}
-        utils.write_json(manifest, out / "manifest.json")
-        with open(out / "history.jsonl", "w") as f:
-            f.writelines(json.dumps(h) + "\n" for h in history)
+        utils.write_json(manifest, out / "manifest.json")      # history.jsonl was written by save_ckpt()
     return TrainResult(checkpoint=str(model_path), metrics=metrics, history=history, seconds=seconds,
                        out=str(out))
 
