@@ -191,8 +191,9 @@ def evaluate(model: torch.nn.Module, dataset: Any, *, out_json: str | Path | Non
             outputs = model(images.to(device))
             ids = [int(t["image_id"]) for t in targets]
             orig = [(dataset.coco.imgs[i]["height"], dataset.coco.imgs[i]["width"]) for i in ids]
-            preds = postprocess(outputs, [t["size"].tolist() for t in targets], topk=topk, orig_sizes=orig,
-                                input_size=images.shape[-2:])
+            post = getattr(model, "postprocess", postprocess)     # a model may bring its own inference
+            preds = post(outputs, [t["size"].tolist() for t in targets], topk=topk, orig_sizes=orig,
+                         input_size=images.shape[-2:])
             results += to_coco_results(preds, ids, dataset.contiguous_to_cat_id)
             if verbose:
                 print(f"evaluate: {min((step + 1) * batch_size, len(dataset))}/{len(dataset)} images",

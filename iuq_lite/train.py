@@ -127,9 +127,7 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
 
     from .data.coco import build_datasets
     from .iuq import IUQCriterion
-    from .losses import SetCriterion
-    from .matcher import HungarianMatcher
-    from .model import build_model
+    from .model import build_criterion, build_model, iuq_adapter
 
     t0 = time.time()
     t = cfg.train
@@ -147,10 +145,8 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
     model = build_model(cfg).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    matcher = HungarianMatcher(cost_class=cfg.loss.class_weight, cost_mask=cfg.loss.mask_weight,
-                               cost_dice=cfg.loss.dice_weight, num_points=cfg.loss.num_points)
-    base = SetCriterion(cfg.loss, cfg.model.num_classes, matcher).to(device)
-    crit = IUQCriterion(base, cfg.iuq, seed=t.seed).to(device)
+    base = build_criterion(cfg).to(device)
+    crit = IUQCriterion(base, cfg.iuq, adapter=iuq_adapter(model), seed=t.seed).to(device)
     opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
