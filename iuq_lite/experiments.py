@@ -112,6 +112,22 @@ def keep_checkpoint(run_dir: Path, name: str, *, threads: int = 2) -> dict:
     manifest["model_sha256"] = utils.sha256_file(dst / "model.pt")
     manifest["eval_threads"] = threads
     utils.write_json(manifest, dst / "manifest.json")
+    return record_uniqueness(name)
+
+
+UNIQUENESS = {"num_images": 50, "threshold": 0.5, "seed": 0}   # notebook 02 re-measures with these
+
+
+def record_uniqueness(name: str) -> dict:
+    """Add the query-uniqueness figures of checkpoints/<name> (analysis.query_uniqueness with UNIQUENESS) to
+    its manifest, so notebook 02 can check that the committed weights reproduce them."""
+    from .analysis import query_uniqueness
+    from .data.coco import build_datasets
+    from .train import load_checkpoint
+    model, cfg, manifest = load_checkpoint(CHECKPOINTS / name / "model.pt")
+    u = query_uniqueness(model, build_datasets(cfg.data)[1], **UNIQUENESS)
+    manifest["query_uniqueness"] = {**{k: v for k, v in u.items() if not torch.is_tensor(v)}, **UNIQUENESS}
+    utils.write_json(manifest, CHECKPOINTS / name / "manifest.json")
     return manifest
 
 
@@ -262,12 +278,16 @@ def main(argv: list[str] | None = None) -> None:
     k = sub.add_parser("keep", help="(re)export a finished study run as a committed fp16 checkpoint")
     k.add_argument("run_dir")
     k.add_argument("name")
+    u = sub.add_parser("uniqueness", help="record a committed checkpoint's query uniqueness in its manifest")
+    u.add_argument("names", nargs="+")
     sub.add_parser("table", help="print the results tables and rewrite the README's generated blocks")
     args = ap.parse_args(argv)
     if args.cmd == "demo":
         out: Any = demo(args.iters)
     elif args.cmd == "keep":
         out = {"metrics": keep_checkpoint(Path(args.run_dir), args.name)["metrics"]}
+    elif args.cmd == "uniqueness":
+        out = {n: record_uniqueness(n)["query_uniqueness"] for n in args.names}
     elif args.cmd == "reproduce":
         out = reproduce(args.only, args.seeds, args.rows)
     else:

@@ -179,6 +179,23 @@ for u in uniq.values():
     assert len(u["per_query"]) == u["num_queries"]
 
 # %% [markdown]
+# These figures were recorded in each checkpoint's manifest when it was exported
+# (`python -m iuq_lite.experiments uniqueness NAME`, settings in `iuq.experiments.UNIQUENESS`). With the
+# same settings the committed weights must give them again; the text below only *reports* which model is
+# more instance-unique — nothing asserts that IUQ must win.
+
+# %%
+same = {"num_images": NUM_UNIQ, "threshold": THRESHOLD, "seed": SEED} == iuq.experiments.UNIQUENESS
+for name, u in uniq.items():
+    rec = manifests[name]["query_uniqueness"]
+    print(f"{name:8s} recorded cross_fire {rec['cross_fire']:.4f}, re-measured {u['cross_fire']:.4f}")
+    if same:    # the recorded value is reproduced (up to pixels exactly at the threshold)
+        assert all(abs(u[k] - rec[k]) <= 1e-3 for k in keys) and u["num_queries"] == rec["num_queries"]
+better = min(uniq, key=lambda n: uniq[n]["cross_fire"])
+print(f"measured: {better} has the lower cross-image fire "
+      f"({uniq['IUQ']['cross_fire'] / uniq['baseline']['cross_fire']:.2f}x the baseline's for IUQ)")
+
+# %% [markdown]
 # The same measurement per query: the distribution of each matched query's mean cross-image fire.
 # A query collapse shows as a heavy right tail (queries that fire on large parts of other images).
 

@@ -132,6 +132,37 @@ fig = iuq.viz.show_grid(panels, titles=titles, ncols=5, size=2.3,
                         suptitle=f"val[{IMAGE}]: PCA of mask_features; equivariant <=> columns 2 = 3, 4 = 5")
 
 # %% [markdown]
+# **A sanity check of the yardstick.** A feature extractor that acts on each stride-4 cell on its own
+# (average-pool, then a 1×1 conv) commutes with a flip and with a stride-aligned crop *by construction*, so
+# its equivariance error must be 0 there (up to fp32 rounding: a flipped window is summed in another
+# order). Give it one absolute-position channel (a CoordConv-style x ramp) and the flip error becomes positive: the error measures what it claims to.
+
+# %%
+class PointwiseToy(torch.nn.Module):
+    """mask_features [B,8,H/4,W/4] = 1x1 conv of the 4x4-average-pooled image (+ an x channel if `coords`)."""
+
+    def __init__(self, coords=False):
+        super().__init__()
+        self.coords, self.proj = coords, torch.nn.Conv2d(3, 8, 1)
+
+    def forward(self, images):
+        f = self.proj(torch.nn.functional.avg_pool2d(images, stride))
+        if self.coords:                                                   # depends on WHERE, not on WHAT
+            f = torch.cat([f, torch.linspace(-1, 1, f.shape[-1]).expand(f.shape[0], 1, *f.shape[-2:])], 1)
+        return {"mask_features": f}
+
+
+torch.manual_seed(SEED)
+toy, toy_xy = PointwiseToy(), PointwiseToy(coords=True)
+toy_xy.load_state_dict(toy.state_dict())
+toy_err = {kind: iuq.analysis.equivariance_error(toy, image[None], gs[kind]) for kind in ("hflip", "crop")}
+flip_xy = iuq.analysis.equivariance_error(toy_xy, image[None], gs["hflip"])
+print(f"pointwise toy: hflip {toy_err['hflip']:.2e}, crop {toy_err['crop']:.2e}; "
+      f"with an x-position channel: hflip {flip_xy:.3f}")
+assert toy_err["hflip"] < 1e-6 and toy_err["crop"] < 1e-6             # equivariant: 0 up to fp32 rounding
+assert flip_xy > 0.05                                                   # not equivariant: error > 0
+
+# %% [markdown]
 # ## 2 · The equivariance error, measured
 #
 # The same ratio pooled over `NUM_IMAGES` validation images, one random $g$ per batch of 8 and kind, drawn
