@@ -135,7 +135,8 @@ fig = iuq.viz.show_grid(panels, titles=titles, ncols=5, size=2.3,
 # **A sanity check of the yardstick.** A feature extractor that acts on each stride-4 cell on its own
 # (average-pool, then a 1×1 conv) commutes with a flip and with a stride-aligned crop *by construction*, so
 # its equivariance error must be 0 there (up to fp32 rounding: a flipped window is summed in another
-# order). Give it one absolute-position channel (a CoordConv-style x ramp) and the flip error becomes positive: the error measures what it claims to.
+# order). Give it one absolute-position channel (a CoordConv-style x ramp) and the flip error becomes
+# positive: the error measures what it claims to.
 
 # %%
 class PointwiseToy(torch.nn.Module):
