@@ -1,6 +1,8 @@
 """Benchmarks that print figures: ``python -m iuq_lite.bench NAME`` (progress on stderr, last stdout line JSON).
 
     python -m iuq_lite.bench inter-loss      # fused inter-scene loss vs the bare einsum, time and memory
+    python -m iuq_lite.bench gpu             # CUDA: coco_r50 training images/s/GPU and peak memory, +/- IUQ
+    python -m iuq_lite.bench step [--preset shapes_condinst] [--steps 10 --rounds 4 --warmup 50]
 
 BENCHMARKS maps a name to a function returning a JSON-able dict; add entries there.
 Timings are medians of alternating runs after warm-up, in one process, so load from other processes hits
@@ -179,17 +181,13 @@ def _step_setup(preset: str, overrides: dict):
     from .config import from_preset
     from .data.coco import build_datasets
     from .iuq import IUQCriterion
-    from .losses import SetCriterion
-    from .matcher import HungarianMatcher
-    from .model import build_model
+    from .model import build_criterion, build_model, iuq_adapter
     from .train import batches, build_optimizer
     cfg = from_preset(preset, overrides)
     torch.manual_seed(0)
     train_ds, _ = build_datasets(cfg.data)
     model = build_model(cfg)
-    matcher = HungarianMatcher(cost_class=cfg.loss.class_weight, cost_mask=cfg.loss.mask_weight,
-                               cost_dice=cfg.loss.dice_weight, num_points=cfg.loss.num_points)
-    crit = IUQCriterion(SetCriterion(cfg.loss, cfg.model.num_classes, matcher), cfg.iuq, seed=0)
+    crit = IUQCriterion(build_criterion(cfg), cfg.iuq, adapter=iuq_adapter(model), seed=0)
     opt = build_optimizer(model, cfg)
     data = batches(train_ds, batch_size=cfg.train.batch_size, seed=0, start_step=0)
     state = {"step": 0}
@@ -206,8 +204,8 @@ def _step_setup(preset: str, overrides: dict):
     return step
 
 
-def bench_step(steps: int = 10, rounds: int = 4, preset: str = "shapes") -> dict:
-    """Training step time of the `shapes` preset: baseline vs inter-only vs full IUQ (METHOD §5).
+def bench_step(steps: int = 10, rounds: int = 4, preset: str = "shapes", warmup: int = 50) -> dict:
+    """Training step time of a baseline preset (`shapes`): baseline vs inter-only vs full IUQ (METHOD §5).
 
     Rounds alternate the variants (each `steps` steps after a warm-up that also fills the pixel memory), so
     load from other processes hits every variant alike; median seconds per step over rounds.
@@ -218,7 +216,7 @@ def bench_step(steps: int = 10, rounds: int = 4, preset: str = "shapes") -> dict
     fns = {name: _step_setup(preset, over) for name, over in variants.items()}
     for name, fn in fns.items():      # warm-up; the memory reaches capacity (20k px) after ~40 steps
         _log(f"warm-up {name}")
-        for _ in range(50 if "inter" in name or "full" in name else 5):
+        for _ in range(warmup if "inter" in name or "full" in name else 5):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(rounds):
@@ -264,14 +262,102 @@ def bench_infer(shapes_batches: int = 10, coco_runs: int = 3) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ gpu
+def _fake_batches(n: int, B: int, size: int, num_classes: int, device: torch.device) -> list:
+    """n batches of random images [B,3,size,size] with 3-12 random box instances each (COCO-like targets)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        targets = []
+        for b in range(B):
+            k = int(torch.randint(3, 13, (), generator=g))
+            masks = torch.zeros(k, size, size, dtype=torch.bool)
+            for m, (y, x, h, w) in zip(masks, torch.randint(size // 16, size // 2, (k, 4), generator=g).tolist()):
+                m[y:y + h, x:x + w] = True
+            targets.append({"image_id": i * B + b, "labels": torch.randint(num_classes, (k,), generator=g),
+                            "masks": masks.to(device), "iscrowd": torch.zeros(k, dtype=torch.bool, device=device),
+                            "size": torch.tensor([size, size])})
+        out.append((torch.rand(B, 3, size, size, generator=g).to(device), targets))
+    return out
+
+
+def gpu_step_figures(preset: str, *, device: torch.device, batch: int = 2, size: int = 1024, steps: int = 20,
+                     warmup: int = 5, overrides: dict | None = None) -> dict:
+    """Training steps of `preset` (random init, bf16 autocast per train.amp) on random images: images/s and
+    peak memory. The pixel memory starts FULL (random features): the steady state of a long run."""
+    from .config import from_preset
+    from .iuq import IUQCriterion, TwoViews
+    from .model import build_criterion, build_model, iuq_adapter
+    from .train import build_optimizer
+    cfg = from_preset(preset, {"model.pretrained": None, **(overrides or {})})
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    crit = IUQCriterion(build_criterion(cfg).to(device), cfg.iuq, adapter=iuq_adapter(model), seed=0,
+                        mask_dim=cfg.model.mask_dim).to(device)
+    n = crit.memory.capacity
+    crit.memory.push_sampled({"features": torch.randn(n, cfg.model.mask_dim, device=device),
+                              "labels": torch.randint(cfg.model.num_classes, (n,), device=device),
+                              "image_ids": torch.full((n,), -1, device=device),
+                              "positions": torch.rand(n, 2, device=device)})
+    opt, two = build_optimizer(model, cfg), TwoViews(model)
+    data = _fake_batches(4, batch, size, cfg.model.num_classes, device)
+    amp = cfg.train.amp and device.type == "cuda"
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for i in range(warmup + steps):
+        if i == warmup and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        images, targets = data[i % len(data)]
+        sync()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            losses = crit(two, images, targets, step=i)
+        opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        opt.step()
+        crit.after_step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times[warmup:])
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    _log(f"{preset}: {step_s:.3f} s/step, {batch / step_s:.2f} images/s, peak {peak} GiB")
+    return {"step_s": round(step_s, 4), "images_per_s": round(batch / step_s, 2),
+            "peak_gib": None if peak is None else round(peak, 2)}
+
+
+def bench_gpu() -> dict:
+    """coco_r50 vs coco_r50_iuq training on one GPU at COCO resolution (1024x1024 LSJ crops, 2 images = the
+    per-GPU batch of the 8-GPU recipe, bf16): images/s/GPU and peak memory; a few minutes on a modern GPU.
+    Table S4 (CondInst, 100k px): +5 % time, +5.7 GB. Without CUDA: a message, and exit status 0."""
+    if not torch.cuda.is_available():
+        msg = "no CUDA device here: `python -m iuq_lite.bench gpu` measures GPU training; run it on a GPU machine"
+        _log(msg)
+        return {"benchmark": "gpu", "cuda": False, "message": msg}
+    dev = torch.device("cuda")
+    runs = {p: gpu_step_figures(p, device=dev) for p in ("coco_r50", "coco_r50_iuq")}
+    base, ours = runs["coco_r50"], runs["coco_r50_iuq"]
+    return {"benchmark": "gpu", "cuda": True, "device": torch.cuda.get_device_name(dev), "batch_per_gpu": 2,
+            "size": 1024, **runs, "time_ratio": round(ours["step_s"] / base["step_s"], 3),
+            "extra_gib": round(ours["peak_gib"] - base["peak_gib"], 2)}
+
+
 BENCHMARKS: dict[str, Callable[[], dict]] = {"inter-loss": bench_inter_loss, "step": bench_step,
-                                             "infer": bench_infer}
+                                             "infer": bench_infer, "gpu": bench_gpu}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] not in BENCHMARKS:
-        raise SystemExit(f"usage: python -m iuq_lite.bench NAME   (NAME in: {', '.join(BENCHMARKS)})")
+    if not argv or argv[0] not in BENCHMARKS or (argv[0] != "step" and len(argv) != 1):
+        raise SystemExit(f"usage: python -m iuq_lite.bench NAME   (NAME in: {', '.join(BENCHMARKS)}); "
+                         "step also takes --preset P --steps N --rounds R --warmup W")
+    if argv[0] == "step":
+        import argparse
+        p = argparse.ArgumentParser(prog="python -m iuq_lite.bench step")
+        p.add_argument("--preset", default="shapes")
+        for name, default in (("steps", 10), ("rounds", 4), ("warmup", 50)):
+            p.add_argument(f"--{name}", type=int, default=default)
+        print(json.dumps(bench_step(**vars(p.parse_args(argv[1:])))))
+        return
     print(json.dumps(BENCHMARKS[argv[0]]()))
 
 

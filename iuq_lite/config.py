@@ -44,6 +44,11 @@ class ModelConfig:
     pixel_channels: int = 128            # FPN width of the pixel decoder
     decoder_strides: tuple = (32, 16, 8)  # pyramid levels the query decoder cycles over (coarsest first)
     test_topk: int = 50                  # post-processing: top-k over query x class scores
+    # condinst only (name="condinst"): num_queries = positives kept per image in training, mask_dim = the mask
+    # branch's channels (8), pixel_channels = the FCOS head's width
+    fcos_strides: tuple = (8, 16, 32, 64, 128)  # FCOS levels (P3-P7)
+    fcos_soi: int = 64                   # size of interest of the finest level; ranges double per level
+    head_convs: int = 4                  # 3x3 convs per FCOS tower
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,9 @@ class EquiConfig:
     kinds: tuple = ("hflip", "crop")
     ranges: dict = field(default_factory=dict)  # e.g. {"crop": (0.6, 1.0), "rotate": (0, 60), "scale": (0.5, 2)}
     as_augmentation: bool = False        # Table S3 control: einsum(E^g, f(g(I))) with the full base loss
+    # Our choice (METHOD §4 step 5 says "no class loss"): also the class CE of the re-matched g(I) queries, so
+    # Eq. 8 and the augmentation control differ ONLY in the features; mask-only fell behind (notebook 04).
+    class_loss: bool = True
 
 
 @dataclass(frozen=True)
@@ -159,10 +167,23 @@ _COCO_R50: dict[str, Any] = {
     "train.lr": 1e-4, "train.backbone_lr_mult": 0.1, "train.warmup_iters": 10, "train.grad_clip": 0.01,
     "train.amp": True, "train.ckpt_every": 5000, "train.log_every": 50, "iuq.inter.capacity": 100_000,
 }
+# CondInst-style model (model/condinst.py). Proposals capped at 32 per image: CondInst's 500 per batch of 16.
+# The dynamic heads' inter loss runs through autograd in chunks of memory pixels: 512 keeps the [B,Q,8,m]
+# activations cache-sized (CPU, B=8, Q=32: within noise of the best of 128-2048, better than 2048).
+_CONDINST: dict[str, Any] = {"model.name": "condinst", "model.mask_dim": 8, "model.num_queries": 32,
+                             "loss.dice_weight": 1.0, "iuq.inter.chunk": 512}
+_SHAPES_CONDINST: dict[str, Any] = {
+    **{k: v for k, v in _SHAPES.items() if k != "model.decoder_strides"}, **_CONDINST,
+    # 128-px images: objects of 12-50 px; P6/P7 would be 2x2 and 1x1 maps with nothing to detect.
+    "model.fcos_strides": (8, 16, 32), "model.fcos_soi": 32, "model.head_convs": 2,
+}
+# COCO: P3-P7, soi 64, 4-conv towers (CondInst R50 defaults); 12 epochs, as Tables S3/S4 (CondInst R50 1x)
+_COCO_CONDINST: dict[str, Any] = {**_COCO_R50, **_CONDINST, "train.iters": 90_000}
 _IUQ = {"iuq.inter.enabled": True, "iuq.equi.enabled": True}
 
 _BASE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": _TINY, "smoke": _SMOKE, "shapes": _SHAPES, "coco_r50": _COCO_R50,
+    "shapes_condinst": _SHAPES_CONDINST, "coco_condinst": _COCO_CONDINST,
 }
 PRESETS: dict[str, dict[str, Any]] = {}
 for _name, _over in _BASE_PRESETS.items():

@@ -41,6 +41,8 @@ STUDIES: dict[str, list[tuple[str, str, dict, tuple]]] = {
         ("inter-scene only", "shapes", {"iuq.inter.enabled": True}, SEEDS),
         ("equivariance only", "shapes", {"iuq.equi.enabled": True}, SEEDS),
         ("full IUQ", "shapes_iuq", {}, SEEDS),
+        # the first choice for Eq. 8 (METHOD §4 step 5: no class loss), kept as measured (one seed)
+        ("full IUQ, Eq. 8 mask loss only", "shapes_iuq", {"iuq.equi.class_loss": False}, (0,)),
     ],
     "equivariance": [   # Table S3 analog: transform family x {augmentation, equivariance}; L_equi only
         *[(f"{name} as {mode}", "shapes",
@@ -56,6 +58,10 @@ STUDIES: dict[str, list[tuple[str, str, dict, tuple]]] = {
         ("mini-batch only", "shapes", {"iuq.inter.enabled": True, "iuq.inter.capacity": 0}, (0,)),
         *[(f"{c // 1000}k px", "shapes", {"iuq.inter.enabled": True, "iuq.inter.capacity": c}, (0,))
           for c in (5_000, 20_000, 50_000)],
+    ],
+    "condinst": [       # the same IUQ through the generic adapter on a CondInst-style model (Tables S3/S4's base)
+        ("baseline", "shapes_condinst", {}, SEEDS),
+        ("full IUQ", "shapes_condinst_iuq", {}, SEEDS),
     ],
 }
 # Run folders whose weights the notebooks load (fp16, <= 10 MB): checkpoints/<preset>_s<seed>/

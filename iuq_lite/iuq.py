@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +20,13 @@ import torch.nn.functional as F
 from . import transforms
 from .config import IUQConfig
 from .inter_kernel import Segment, inter_mask_loss, inter_mask_loss_reference, set_compile
-from .utils import all_gather_cat
+from .losses import image_generators
+from .transforms import transform_targets, valid_region
+from .utils import all_gather_cat, all_reduce_sum, step_seed, world_size
 
-__all__ = ["DotProductAdapter", "IUQCriterion", "PixelMemory", "Segment", "equivariance_loss", "inter_mask_loss",
-           "inter_mask_loss_reference", "set_compile", "step_seed", "transform_targets", "valid_region"]
+__all__ = ["DotProductAdapter", "IUQCriterion", "PixelMemory", "Segment", "TwoViews", "equivariance_loss",
+           "inter_mask_loss", "inter_mask_loss_reference", "set_compile", "step_seed", "transform_targets",
+           "valid_region"]
 
 _KEYS = ("features", "labels", "image_ids", "positions")
 
@@ -70,7 +74,7 @@ class PixelMemory:
 
     def segment(self) -> Segment:
         """The stored pixels as negatives for `inter_mask_loss`."""
-        return Segment(self.features, self.labels, self.image_ids)
+        return Segment(self.features, self.labels, self.image_ids, self.positions)
 
     def to(self, device: torch.device | str) -> PixelMemory:
         self._buf = {k: v.to(device) for k, v in self._buf.items()}
@@ -80,9 +84,10 @@ class PixelMemory:
     @torch.no_grad()
     def sample_pixels(self, features: torch.Tensor, masks: list[torch.Tensor], labels: list[torch.Tensor],
                       image_ids: list[int] | torch.Tensor, *,
-                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                      generator: torch.Generator | list | None = None) -> dict[str, torch.Tensor]:
         """Instance-balanced pixels of a batch: features [B,C,h,w]; masks[b] [K_b,H',W'] bool (any resolution
-        with the features' aspect, nearest-downsampled to (h, w)); labels[b] [K_b]; image_ids [B].
+        with the features' aspect, nearest-downsampled to (h, w)); labels[b] [K_b]; image_ids [B];
+        generator: one for the batch or one per image (keyed draws, identical on any DDP rank).
 
         Each instance gives exactly pixels_per_instance pixels: distinct ones when it has that many at
         feature resolution, else drawn with replacement; instances with no pixel at (h, w) are skipped.
@@ -101,14 +106,15 @@ class PixelMemory:
                 small = m[:, ::H // h, ::W // w]        # == F.interpolate(mode="nearest") for integer strides
             else:
                 small = F.interpolate(m[None].float(), size=(h, w), mode="nearest")[0] > 0.5
-            dev = generator.device if generator is not None else small.device
+            gen = generator[b] if isinstance(generator, (list, tuple)) else generator
+            dev = gen.device if gen is not None else small.device
             small = small.to(dev).reshape(m.shape[0], h * w).bool()                      # [K,hw]
             n = small.sum(1)                                                             # [K]
             # Random keys, background last: the k smallest are a uniform subset of the instance's pixels,
             # in random order; fewer than k pixels -> index uniformly into the first n (with replacement).
-            keys = torch.rand(small.shape, generator=generator, device=dev).masked_fill(~small, 2.0)
+            keys = torch.rand(small.shape, generator=gen, device=dev).masked_fill(~small, 2.0)
             first = keys.topk(min(k_ppi, h * w), dim=1, largest=False).indices           # [K,k]
-            u = torch.rand(m.shape[0], k_ppi, generator=generator, device=dev)
+            u = torch.rand(m.shape[0], k_ppi, generator=gen, device=dev)
             j = torch.where(n[:, None] >= k_ppi, torch.arange(k_ppi, device=dev)[None],
                             (u * n[:, None]).long().clamp(max=first.shape[1] - 1))
             keep = n > 0
@@ -133,7 +139,6 @@ class PixelMemory:
         pixels (in-batch negatives) and enqueues the same ones (MoCo-style identical memories)."""
         return {k: all_gather_cat(sampled[k]) for k in _KEYS}
 
-    # -- enqueue -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def push_sampled(self, sampled: dict[str, torch.Tensor]) -> None:
         """Enqueue an (already gathered) sample as is; the oldest entries are overwritten."""
@@ -150,11 +155,10 @@ class PixelMemory:
              image_ids: list[int] | torch.Tensor, *,
              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """sample_pixels + gather across ranks + enqueue; returns the gathered sample."""
-        sampled = self.gather(self.sample_pixels(features, masks, labels, image_ids, generator=generator))
-        self.push_sampled(sampled)
+        self.push_sampled(sampled := self.gather(self.sample_pixels(features, masks, labels, image_ids,
+                                                                    generator=generator)))
         return sampled
 
-    # -- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Plain ints and CPU tensors (loads with torch.load(weights_only=True))."""
         n = len(self)
@@ -179,7 +183,8 @@ class DotProductAdapter:
     embed(outputs) -> E [B,Q,C]; features(outputs) -> F [B,C,h,w]; mask_logits(E, F) -> [B,Q,h,w];
     logits_fn = None (the inter loss then uses its fused dot-product kernel); stride = F's stride in pixels;
     layers(outputs, which) -> the output dicts the inter loss uses ("last" or "all" = aux layers + last).
-    A CondInst-style adapter overrides mask_logits and sets logits_fn(E, memory_chunk) -> [B,Q,m].
+    CondInst's adapter overrides mask_logits, sets logits_fn(E, memory_chunk, positions_chunk) -> [B,Q,m],
+    attaches its target-dependent queries in assign(outputs, targets) and marks padding in query_mask -> [B,Q].
     """
 
     stride = 4
@@ -197,43 +202,11 @@ class DotProductAdapter:
     def layers(self, outputs: dict, which: str = "last") -> list[dict]:
         return [*outputs.get("aux_outputs", []), outputs] if which == "all" else [outputs]
 
+    def assign(self, outputs: dict, targets: list[dict]) -> dict:
+        return outputs
 
-def transform_targets(targets: list[dict], g: transforms.GeoTransform) -> list[dict]:
-    """g(M): masks transformed with g; instances the transform leaves empty and crowd ones dropped.
-
-    "size" is removed: after a flip or warp the real area is no longer the top-left box, so it is carried
-    by `valid_region` instead. Per-annotation extras ("groups") are dropped.
-    """
-    out = []
-    for t in targets:
-        m = g.masks(t["masks"])                                                       # [K,H',W'] bool
-        keep = m.flatten(1).any(1)
-        if "iscrowd" in t:
-            keep &= ~t["iscrowd"].to(keep.device).bool()
-        rest = {k: v for k, v in t.items() if k not in ("masks", "labels", "iscrowd", "size", "groups")}
-        out.append({**rest, "labels": t["labels"][keep.to(t["labels"].device)], "masks": m[keep],
-                    "iscrowd": torch.zeros(int(keep.sum()), dtype=torch.bool, device=m.device)})
-    return out
-
-
-def valid_region(targets: list[dict], g: transforms.GeoTransform, image_size: tuple[int, int],
-                 device: torch.device) -> torch.Tensor | None:
-    """[B,H',W'] bool at image resolution: inside the warped canvas AND inside each image's real (unpadded)
-    area after g; None when everything is valid."""
-    H, W = int(image_size[0]), int(image_size[1])
-    inside = g.valid((H, W), device=device)                                           # [H',W']
-    sizes = [t.get("size") for t in targets]
-    padded = any(s is not None and (int(s[0]) < H or int(s[1]) < W) for s in sizes)
-    if bool(inside.all()) and not padded:
+    def query_mask(self, outputs: dict) -> torch.Tensor | None:
         return None
-    valid = inside[None].expand(len(targets), -1, -1)
-    if padded:
-        area = torch.zeros(len(targets), H, W, dtype=torch.bool, device=device)
-        for b, s in enumerate(sizes):
-            h, w = (H, W) if s is None else (int(s[0]), int(s[1]))
-            area[b, :h, :w] = True
-        valid = valid & g.masks(area)
-    return valid
 
 
 def equivariance_loss(out_g: dict, features: torch.Tensor, targets: list[dict], g: transforms.GeoTransform, *,
@@ -241,44 +214,53 @@ def equivariance_loss(out_g: dict, features: torch.Tensor, targets: list[dict], 
                       adapter: DotProductAdapter | None = None) -> torch.Tensor:
     """Transformation-equivariance loss (METHOD §4, Eq. 8) for one transform g, NOT multiplied by lambda.
 
-    out_g: the model's outputs on g(I) ("pred_logits" [B,Q,K+1], "mask_embed" E^g [B,Q,C], ...);
-    features: F = f(I) [B,C,h,w] of the ORIGINAL image, WITH gradient; targets: the original targets
-    (masks at image resolution); mask_criterion(outputs, targets_g, valid=[B,H',W'] bool or None) -> scalar,
-    e.g. SetCriterion.mask_loss (5 BCE + 5 dice on points inside `valid`, Hungarian re-matched, normalised by
-    the all-reduced number of transformed masks). Logits = einsum('bqc,bchw->bqhw', E^g, g(F)) (the adapter's
-    mask_logits); targets g(M) without instances g leaves empty; valid = inside g's canvas and each image's
-    real area. as_augmentation (Table S3 control): logits from the transformed image's OWN features f(g(I)).
-    A batch whose transformed targets are all empty gives 0, still in the graph (the criterion's zero).
+    out_g: outputs on g(I) ("pred_logits" [B,Q,K+1], "mask_embed" E^g [B,Q,C], ...); features: F = f(I)
+    [B,C,h,w] of the ORIGINAL image, WITH gradient; targets: the original ones (masks at image resolution);
+    mask_criterion(outputs, targets_g, valid=[B,H',W'] bool | None) -> scalar, e.g. SetCriterion.mask_loss
+    (5 BCE + 5 dice on points inside `valid`, re-matched, / all-reduced number of g(M) masks). Logits =
+    einsum('bqc,bchw->bqhw', E^g, g(F)) (adapter.mask_logits); targets g(M) without the instances g empties.
+    as_augmentation (Table S3 control): logits from the transformed image's OWN features f(g(I)).
+    All-empty g(M) gives 0, still in the graph (the criterion's zero).
     """
     adapter = adapter or DotProductAdapter()
+    targets_g = transform_targets(targets, g)
+    out_g = adapter.assign(out_g, targets_g)               # target-dependent queries (CondInst) are g(M)'s
     feats = adapter.features(out_g) if as_augmentation else g.features(features)
     logits = adapter.mask_logits(adapter.embed(out_g), feats)                         # [B,Q,h',w']
-    targets_g = transform_targets(targets, g)
     valid = valid_region(targets, g, g.image_size, logits.device) if targets else None
-    loss = mask_criterion({"pred_logits": out_g["pred_logits"], "pred_masks": logits}, targets_g, valid=valid)
+    final = {k: v for k, v in out_g.items() if k != "aux_outputs"}                    # final layer only
+    loss = mask_criterion({**final, "pred_masks": logits}, targets_g, valid=valid)
     return loss + logits.sum() * 0.0 if not loss.requires_grad and logits.requires_grad else loss
 
 
-def step_seed(seed: int, step: int) -> int:
-    """A generator seed from (train seed, step), equal on every DDP rank: splitmix64 of (seed << 32 | step) (no
-    salted hash()); mixed because torch's CPU generator keeps only the low 32 bits of a seed."""
-    z = ((int(seed) << 32) + int(step) + 0x9E3779B97F4A7C15) % (1 << 64)
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
-    return (z ^ (z >> 31)) % (1 << 63)
-
-
 # ------------------------------------------------------------------------------------------ criterion
+class TwoViews(torch.nn.Module):
+    """model(I) and model(g(I)) in ONE forward: DDP allows one forward per backward, and IUQ needs both views.
+    forward(images [B,3,H,W], images_g [B,3,H',W'] or None) -> (outputs, outputs of g(I) or None)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, images_g: torch.Tensor | None = None) -> tuple[dict, dict | None]:
+        return self.model(images), (None if images_g is None else self.model(images_g))
+
+
+def _two_views(model: Any) -> bool:
+    """model is a TwoViews, possibly inside DDP (.module) and/or torch.compile (._orig_mod)."""
+    inner = getattr(model, "_orig_mod", model)
+    return isinstance(getattr(inner, "module", inner), TwoViews)
+
+
 class IUQCriterion:
     """L = L_intra + w_inter L_inter + lambda L_equi (METHOD §5) around ANY base criterion.
 
     base_criterion(outputs, targets, *, return_indices=True) -> (weighted losses dict, final-layer indices
     [(index_q, index_t)] per image); its .mask_loss is the equivariance criterion. adapter: how to read E, F
     and mask logits (DotProductAdapter by default). stuff_classes: classes whose matched queries get stuff
-    targets in the inter loss (panoptic). seed: the train seed, which with the step keys the transform g.
+    targets in the inter loss (panoptic). seed: the train seed; with the step it keys g and every random draw.
     crit(model, images, targets, *, step) -> weighted terms (base + "loss_inter" + "loss_equi"); total = sum.
-    crit.after_step() enqueues this step's sampled pixels; crit.memory is the PixelMemory (built at the first
-    step, when the feature width is known, unless mask_dim is given).
+    crit.after_step() enqueues this step's pixels into crit.memory (built at the first step unless mask_dim).
     """
 
     def __init__(self, base_criterion: Callable, iuq_cfg: IUQConfig, *, adapter: DotProductAdapter | None = None,
@@ -289,7 +271,7 @@ class IUQCriterion:
             raise ValueError(f"iuq.inter.queries must be all|matched and iuq.inter.layers last|all, not "
                              f"{iuq_cfg.inter.queries!r}, {iuq_cfg.inter.layers!r}")
         self.memory: PixelMemory | None = None
-        self._pending: dict[str, torch.Tensor] | None = None          # this step's gathered pixel sample
+        self._pending: list[dict[str, torch.Tensor]] = []             # this step's gathered pixel samples
         self.last_transform: transforms.GeoTransform | None = None    # this step's g (for inspection)
         if mask_dim is not None:
             self._ensure_memory(mask_dim, torch.device("cpu"))
@@ -304,19 +286,16 @@ class IUQCriterion:
         return self.memory
 
     def to(self, device: torch.device | str) -> IUQCriterion:
-        if hasattr(self.base, "to"):
-            self.base.to(device)
-        if self.memory is not None:
-            self.memory.to(device)
+        for part in (self.base, self.memory):
+            if hasattr(part, "to"):
+                part.to(device)
         return self
 
     # -- pieces ------------------------------------------------------------------------------------------
     def draw_transform(self, step: int, image_size: tuple[int, int]) -> transforms.GeoTransform:
         """One g per step: kind uniform over equi.kinds, then its parameters, from a (seed, step) generator."""
-        equi = self.cfg.equi
-        gen = torch.Generator().manual_seed(step_seed(self.seed, step))
-        kinds = tuple(equi.kinds)
-        kind = kinds[int(torch.randint(len(kinds), (), generator=gen))]
+        equi, gen = self.cfg.equi, torch.Generator().manual_seed(step_seed(self.seed, step))
+        kind = tuple(equi.kinds)[int(torch.randint(len(equi.kinds), (), generator=gen))]
         return transforms.sample(kind, image_size=(int(image_size[0]), int(image_size[1])),
                                  stride=self.adapter.stride, generator=gen, ranges=dict(equi.ranges) or None)
 
@@ -333,68 +312,89 @@ class IUQCriterion:
                 labels[b, qi[stuff]] = lab[stuff]
         return labels, (matched if self.cfg.inter.queries == "matched" else None)
 
-    def inter_loss(self, outputs: dict, targets: list[dict], indices) -> torch.Tensor:
+    def keyed(self, targets: list[dict], step: int, device: torch.device) -> list[dict]:
+        """targets with targets[b]["generator"] seeded from (seed, step, image id): the matcher's, the losses'
+        and the memory's random draws for an image are then the same on any DDP rank or micro-batch."""
+        return [{**t, "generator": torch.Generator(device).manual_seed(
+            step_seed(step_seed(self.seed, step), int(t.get("image_id", b))))} for b, t in enumerate(targets)]
+
+    def inter_loss(self, outputs: dict, targets: list[dict], indices, micro_batches: float = 1.0) -> torch.Tensor:
         """Unweighted L_inter: this batch's pixels are sampled (kept for after_step), gathered across ranks and
-        used with the memory as negatives; mean over the layers named by inter.layers."""
+        used with the memory as negatives; mean over the layers named by inter.layers. The summed focal loss
+        is divided by the kept pairs summed over ranks / world size (x micro_batches: a micro-batch's share)."""
         inter, ad = self.cfg.inter, self.adapter
         feats = ad.features(outputs)
         memory = self._ensure_memory(feats.shape[1], feats.device)
         if any("image_id" not in t for t in targets):
             raise KeyError("the inter-scene loss needs targets[i]['image_id'] to exclude each image's own pixels")
-        masks, labels = [], []
-        for t in targets:
-            keep = ~t["iscrowd"].bool() if "iscrowd" in t else torch.ones(len(t["labels"]), dtype=torch.bool)
-            masks.append(t["masks"][keep.to(t["masks"].device)])
-            labels.append(t["labels"][keep.to(t["labels"].device)])
+        keeps = [~t["iscrowd"].bool() if "iscrowd" in t else torch.ones(len(t["labels"]), dtype=torch.bool)
+                 for t in targets]                                                  # crowd pixels are not negatives
+        masks = [t["masks"][k.to(t["masks"].device)] for t, k in zip(targets, keeps)]
+        labels = [t["labels"][k.to(t["labels"].device)] for t, k in zip(targets, keeps)]
         image_ids = torch.tensor([int(t["image_id"]) for t in targets], device=feats.device)
-        self._pending = memory.gather(memory.sample_pixels(feats.detach(), masks, labels, image_ids))
-        negatives = [memory.segment(), Segment(self._pending["features"], self._pending["labels"],
-                                               self._pending["image_ids"])]
+        sample = memory.gather(memory.sample_pixels(feats.detach(), masks, labels, image_ids,
+                                                    generator=image_generators(targets)))
+        self._pending.append(sample)
+        negatives = [memory.segment(), Segment(sample["features"], sample["labels"], sample["image_ids"],
+                                               sample["positions"])]
         layers = ad.layers(outputs, inter.layers)
         B, Q = ad.embed(layers[-1]).shape[:2]
         q_labels, q_mask = self._query_targets(targets, indices, B, Q, feats.device)
+        pad = ad.query_mask(outputs)                                                   # [B,Q] False = padding
+        q_mask = pad if q_mask is None else (q_mask if pad is None else q_mask & pad.to(q_mask.device))
+        def norm(count: int) -> float:          # sum over ranks / world: DDP's gradient mean == one process
+            total = all_reduce_sum(torch.tensor([float(count)], dtype=torch.float64, device=feats.device))
+            return float(total) * micro_batches / world_size()
         vals = [inter_mask_loss(ad.embed(out), negatives, query_labels=q_labels, image_ids=image_ids,
                                 query_mask=q_mask, alpha=inter.alpha, gamma=inter.gamma, chunk=inter.chunk,
-                                logits_fn=ad.logits_fn) for out in layers]
+                                logits_fn=ad.logits_fn, normalizer=norm) for out in layers]
         return sum(vals) / len(vals)
 
-    def equi_loss(self, model: Callable, images: torch.Tensor, outputs: dict, targets: list[dict],
-                  step: int) -> torch.Tensor:
-        """Unweighted L_equi for this step's g (or the as-augmentation control, see `_augmentation_loss`)."""
-        g = self.last_transform = self.draw_transform(step, images.shape[-2:])
-        out_g = model(g.image(images))
-        crit = self._augmentation_loss if self.cfg.equi.as_augmentation else self.base.mask_loss
+    def equi_loss(self, out_g: dict, outputs: dict, targets: list[dict], g: transforms.GeoTransform,
+                  step_targets: list[dict] | None = None) -> torch.Tensor:
+        """Unweighted L_equi for g, out_g = model(g(I)) (or the as-augmentation control: f(g(I)), class + mask);
+        step_targets: count the masks normalising it over the whole step (gradient accumulation)."""
+        # the control and Eq. 8 share one criterion, so the rows differ only in the features (METHOD §4)
+        crit = functools.partial(self.base.mask_loss, with_class=self.cfg.equi.class_loss or
+                                 self.cfg.equi.as_augmentation)
+        if step_targets is not None:
+            crit = functools.partial(crit, norm_targets=transform_targets(step_targets, g))
         return equivariance_loss(out_g, self.adapter.features(outputs), targets, g, mask_criterion=crit,
                                  as_augmentation=self.cfg.equi.as_augmentation, adapter=self.adapter)
 
-    def _augmentation_loss(self, outputs: dict, targets_g: list[dict], *, valid=None) -> torch.Tensor:
-        # Table S3 control (our choice): the FULL base loss (class + mask, re-matched) of the final layer only,
-        # like the equivariance branch, on the whole canvas (augmentation trains on the warped image as is).
-        return sum(self.base(outputs, targets_g).values())
-
     # -- public ------------------------------------------------------------------------------------------
-    def __call__(self, model: Callable, images: torch.Tensor, targets: list[dict], *, step: int) -> dict:
-        outputs = model(images)
-        res = self.base(outputs, targets, return_indices=True)
+    def __call__(self, model: Callable, images: torch.Tensor, targets: list[dict], *, step: int,
+                 step_targets: list[dict] | None = None) -> dict:
+        """model: the segmenter or TwoViews(segmenter) (also inside DDP: both views in one DDP forward).
+        step_targets: this rank's targets of the whole step split into micro-batches (gradient accumulation):
+        the normalisers then cover the step, so the micro-batch losses add up to the step's."""
+        g = self.last_transform = self.draw_transform(step, images.shape[-2:]) if self.cfg.equi.enabled else None
+        images_g = None if g is None else g.image(images)
+        targets = self.keyed(targets, step, images.device)
+        outputs, out_g = (model(images, images_g) if _two_views(model)
+                          else (model(images), None if g is None else model(images_g)))
+        norm = {} if step_targets is None else {"norm_targets": step_targets}
+        outputs = self.adapter.assign(outputs, targets)
+        res = self.base(outputs, targets, return_indices=True, **norm)
         losses, indices = (dict(res[0]), res[1]) if isinstance(res, tuple) else (dict(res), None)
         if self.cfg.inter.enabled:
-            losses["loss_inter"] = self.cfg.inter.weight * self.inter_loss(outputs, targets, indices)
-        if self.cfg.equi.enabled:
-            losses["loss_equi"] = self.cfg.equi.weight * self.equi_loss(model, images, outputs, targets, step)
+            micro = 1.0 if step_targets is None else len(step_targets) / max(len(targets), 1)
+            losses["loss_inter"] = self.cfg.inter.weight * self.inter_loss(outputs, targets, indices, micro)
+        if g is not None:
+            losses["loss_equi"] = self.cfg.equi.weight * self.equi_loss(out_g, outputs, targets, g, step_targets)
         return losses
 
-    def after_step(self) -> None:
-        """Enqueue the pixels sampled by the last call (METHOD §3: after the step's losses)."""
-        if self._pending is not None and self.memory is not None:
-            self.memory.push_sampled(self._pending)
-        self._pending = None
+    def after_step(self, *, push: bool = True) -> None:
+        """Enqueue every micro-batch's sampled pixels (METHOD §3: after the losses); push=False drops them."""
+        for sample in self._pending if push and self.memory is not None else []:
+            self.memory.push_sampled(sample)
+        self._pending = []
 
     def state_dict(self) -> dict[str, Any]:
         return {"memory": None if self.memory is None else self.memory.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        mem = state.get("memory")
-        if mem is not None and self.memory is None:
-            self.memory = PixelMemory(mem["capacity"], mem["dim"], pixels_per_instance=mem["pixels_per_instance"])
-        if mem is not None:
+        if (mem := state.get("memory")) is not None:
+            if self.memory is None:      # (an empty PixelMemory is falsy: test identity, not truth)
+                self.memory = PixelMemory(mem["capacity"], mem["dim"], pixels_per_instance=mem["pixels_per_instance"])
             self.memory.load_state_dict(mem)

@@ -44,6 +44,22 @@ def point_sample(input: torch.Tensor, point_coords: torch.Tensor, *, mode: str =
     return F.grid_sample(input, grid, mode=mode, padding_mode="border", align_corners=False).squeeze(3)
 
 
+def image_generators(targets: list[dict]) -> list[torch.Generator] | None:
+    """Per-image generators (targets[b]["generator"], set by IUQCriterion from (seed, step, image id)) when
+    every target has one, else None (draws then use the global RNG or an explicit generator)."""
+    gens = [t.get("generator") for t in targets]
+    return gens if gens and all(g is not None for g in gens) else None
+
+
+def rand_rows(counts: list[int], shape: tuple[int, ...], device: torch.device,
+              generators: list[torch.Generator] | None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform [sum(counts), *shape]: the counts[b] rows of image b drawn from generators[b], so a DDP rank draws
+    for an image exactly what a single process draws for it; generators None: one draw from `generator`."""
+    if generators is None:
+        return torch.rand(sum(counts), *shape, device=device, generator=generator)
+    return torch.cat([torch.rand(n, *shape, device=device, generator=g) for n, g in zip(counts, generators)])
+
+
 def calculate_uncertainty(logits: torch.Tensor) -> torch.Tensor:
     """Uncertainty of mask logits [N,1,P] -> [N,1,P]: -|logit| (highest at the decision boundary)."""
     return -logits.abs()
@@ -53,17 +69,20 @@ def get_uncertain_point_coords_with_randomness(
         coarse_logits: torch.Tensor, uncertainty_func: Callable[[torch.Tensor], torch.Tensor], num_points: int,
         oversample_ratio: float, importance_sample_ratio: float, *,
         valid_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None,
+        rand: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
     """PointRend's importance sampling: coarse_logits [N,1,h,w] -> point coords [N,num_points,2] in [0, 1].
 
     Draw num_points * oversample_ratio uniform candidates, keep the importance_sample_ratio * num_points most
     uncertain ones, add uniform points for the rest. valid_fn(coords [N,S,2]) -> [N,S] (> 0 = valid), when
     given, ranks invalid candidates last so the uncertain points land inside the valid region.
+    rand(S) -> [N,S,2] uniform points replaces torch.rand(..., generator=generator) (per-image streams).
     """
     n = coarse_logits.shape[0]
     dev = coarse_logits.device
+    rand = rand or (lambda s: torch.rand(n, s, 2, device=dev, generator=generator))
     num_sampled = int(num_points * oversample_ratio)
-    coords = torch.rand(n, num_sampled, 2, device=dev, generator=generator)             # [N,S,2]
+    coords = rand(num_sampled)                                                            # [N,S,2]
     uncertainty = uncertainty_func(point_sample(coarse_logits, coords))[:, 0]             # [N,S]
     if valid_fn is not None:
         uncertainty = uncertainty.masked_fill(valid_fn(coords) <= 0, float("-inf"))
@@ -72,7 +91,7 @@ def get_uncertain_point_coords_with_randomness(
     idx = torch.topk(uncertainty, k=num_uncertain, dim=1, sorted=False).indices           # [N,k]
     coords = torch.gather(coords, 1, idx[..., None].expand(-1, -1, 2))                    # [N,k,2]
     if num_random > 0:
-        coords = torch.cat([coords, torch.rand(n, num_random, 2, device=dev, generator=generator)], dim=1)
+        coords = torch.cat([coords, rand(num_random)], dim=1)
     return coords
 
 
@@ -137,7 +156,10 @@ class SetCriterion(nn.Module):
         indices: the final layer's matching, [(index_q [n], index_t [n])] per image, index_t into the caller's
         targets (crowd annotations included in the numbering, never matched).
     Mask terms are normalised by num_masks = the number of non-crowd target masks in the global batch
-    (all-reduced across ranks, divided by the world size, at least 1), as DETR does.
+    (all-reduced across ranks, at least 1, divided by the world size), as DETR does; the class CE by its
+    weights' sum, all-reduced the same way, so that DDP's gradient mean equals one process's exactly.
+    norm_targets (forward and mask_loss): count these targets instead (e.g. the whole step's, when it is
+    split into micro-batches for gradient accumulation: the micro-batch losses then sum to the step's).
     """
 
     def __init__(self, loss_cfg: LossConfig, num_classes: int, matcher: HungarianMatcher):
@@ -150,19 +172,29 @@ class SetCriterion(nn.Module):
         self.register_buffer("empty_weight", empty_weight)
 
     # -- pieces ------------------------------------------------------------------------------------------
-    def num_masks(self, targets: list[dict], device: torch.device) -> float:
-        """Non-crowd target masks per rank, averaged over ranks, clamped at 1 (DETR's num_boxes)."""
-        n = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-        return float((all_reduce_sum(n) / world_size()).clamp(min=1).item())
+    def normalisers(self, targets: list[dict], num_queries: int, device: torch.device) -> tuple[float, float]:
+        """(num_masks, class_norm) per rank: the non-crowd target masks (DETR's num_boxes, at least 1) and the
+        CE weights' sum (min(Q, T_b) matched queries of weight 1, the rest no_object_weight), each summed over
+        ranks in ONE all-reduce and divided by the world size."""
+        ns = [len(t["labels"]) - (int(t["iscrowd"].sum()) if "iscrowd" in t else 0) for t in targets]
+        matched = sum(min(num_queries, n) for n in ns)
+        w = matched + (len(targets) * num_queries - matched) * float(self.empty_weight[-1])
+        tot = all_reduce_sum(torch.tensor([float(sum(ns)), w], dtype=torch.float64, device=device))
+        return max(float(tot[0]), 1.0) / world_size(), float(tot[1]) / world_size()
 
-    def class_loss(self, logits: torch.Tensor, targets: list[dict], indices: Indices) -> torch.Tensor:
-        """Unweighted CE over all queries [B,Q,K+1]; unmatched queries target no-object (class K)."""
+    def class_loss(self, logits: torch.Tensor, targets: list[dict], indices: Indices,
+                   norm: float | None = None) -> torch.Tensor:
+        """Unweighted CE over all queries [B,Q,K+1]; unmatched queries target no-object (class K). Weighted
+        mean (norm None), else the weighted sum / norm (`normalisers`: the global batch's weighted mean)."""
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         b, q = _batch_index(indices, logits.device)
         if b.numel():
             target_classes[b, q] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(
                 logits.device)
-        return F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.empty_weight)
+        if norm is None:
+            return F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.empty_weight)
+        return F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.empty_weight,
+                               reduction="sum") / norm
 
     def mask_terms(self, pred_masks: torch.Tensor, targets: list[dict], indices: Indices, num_masks: float, *,
                    valid: torch.Tensor | None = None, use_size: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,13 +210,15 @@ class SetCriterion(nn.Module):
         src = pred_masks[b, q].unsqueeze(1).float()                                          # [N,1,h,w]
         tgt = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).to(src)         # [N,H,W]
         weight_fn = self._weight_fn(b, targets, tgt.shape[-2:], valid, use_size)
+        gens, counts = image_generators(targets), [len(i) for i, _ in indices]
+        rand = lambda s: rand_rows(counts, (s, 2), src.device, gens)        # [N,s,2], rows in image order
         with torch.no_grad():
             if self.cfg.sampling == "importance":
                 coords = get_uncertain_point_coords_with_randomness(
                     src, calculate_uncertainty, self.cfg.num_points, self.cfg.oversample_ratio,
-                    self.cfg.importance_sample_ratio, valid_fn=weight_fn)
+                    self.cfg.importance_sample_ratio, valid_fn=weight_fn, rand=rand)
             elif self.cfg.sampling == "uniform":
-                coords = torch.rand(src.shape[0], self.cfg.num_points, 2, device=src.device)
+                coords = rand(self.cfg.num_points)
             else:
                 raise ValueError(f"loss.sampling must be importance | uniform, not {self.cfg.sampling!r}")
             labels = point_sample(tgt.unsqueeze(1), coords).squeeze(1)                       # [N,P]
@@ -216,29 +250,34 @@ class SetCriterion(nn.Module):
             return w
         return fn
 
-    def _layer(self, out: dict, targets: list[dict], indices: Indices, num_masks: float,
+    def _layer(self, out: dict, targets: list[dict], indices: Indices, norms: tuple[float, float],
                suffix: str) -> dict[str, torch.Tensor]:
-        bce, dice = self.mask_terms(out["pred_masks"], targets, indices, num_masks)
-        return {f"loss_ce{suffix}": self.cfg.class_weight * self.class_loss(out["pred_logits"], targets, indices),
+        bce, dice = self.mask_terms(out["pred_masks"], targets, indices, norms[0])
+        ce = self.class_loss(out["pred_logits"], targets, indices, norms[1])
+        return {f"loss_ce{suffix}": self.cfg.class_weight * ce,
                 f"loss_mask{suffix}": self.cfg.mask_weight * bce,
                 f"loss_dice{suffix}": self.cfg.dice_weight * dice}
 
     # -- public ------------------------------------------------------------------------------------------
-    def forward(self, outputs: dict, targets: list[dict], *,
-                return_indices: bool = False) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], Indices]:
+    def forward(self, outputs: dict, targets: list[dict], *, return_indices: bool = False,
+                norm_targets: list[dict] | None = None) -> dict[str, torch.Tensor] | tuple[dict, Indices]:
         """Weighted loss terms (see the class docstring); with return_indices, (losses, final-layer indices)."""
-        _, kept, keeps = _prepare(targets, outputs["pred_masks"].device)
-        num_masks = self.num_masks(kept, outputs["pred_masks"].device)
+        dev = outputs["pred_masks"].device
+        _, kept, keeps = _prepare(targets, dev)
+        norms = self.normalisers(targets if norm_targets is None else norm_targets, outputs["pred_logits"].shape[1],
+                                 dev)
         indices = self.matcher(outputs, kept)
-        losses = self._layer(outputs, kept, indices, num_masks, "")
+        losses = self._layer(outputs, kept, indices, norms, "")
         if self.cfg.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
-                losses.update(self._layer(aux, kept, self.matcher(aux, kept), num_masks, f"_{i}"))
+                losses.update(self._layer(aux, kept, self.matcher(aux, kept), norms, f"_{i}"))
         return (losses, _to_original(indices, keeps)) if return_indices else losses
 
     def mask_loss(self, outputs: dict, targets: list[dict], *, valid: torch.Tensor | None = None,
-                  indices: Indices | None = None) -> torch.Tensor:
-        """mask_weight * BCE + dice_weight * dice of the final layer (no class loss), METHOD §4 step 5.
+                  indices: Indices | None = None, norm_targets: list[dict] | None = None,
+                  with_class: bool = False) -> torch.Tensor:
+        """mask_weight * BCE + dice_weight * dice of the final layer, METHOD §4 step 5 (+ class_weight * CE of
+        the same matching when with_class: iuq.equi.class_loss).
 
         outputs: "pred_logits" [B,Q,K+1] (used by the matcher only), "pred_masks" [B,Q,h,w] logits.
         valid: optional [B,H',W'] bool at any resolution; points outside valid, or outside a target's
@@ -248,11 +287,15 @@ class SetCriterion(nn.Module):
         Normalised by the number of non-crowd target masks, all-reduced across ranks.
         """
         full, kept, keeps = _prepare(targets, outputs["pred_masks"].device)
-        num_masks = self.num_masks(kept, outputs["pred_masks"].device)
+        num_masks, class_norm = self.normalisers(targets if norm_targets is None else norm_targets,
+                                                 outputs["pred_logits"].shape[1], outputs["pred_masks"].device)
         if indices is None:
             indices = _to_original(self.matcher(outputs, kept), keeps)
         bce, dice = self.mask_terms(outputs["pred_masks"], full, indices, num_masks, valid=valid, use_size=True)
-        return self.cfg.mask_weight * bce + self.cfg.dice_weight * dice
+        loss = self.cfg.mask_weight * bce + self.cfg.dice_weight * dice
+        if with_class:
+            loss = loss + self.cfg.class_weight * self.class_loss(outputs["pred_logits"], full, indices, class_norm)
+        return loss
 
 
 def _batch_index(indices: Indices, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .losses import point_sample
+from .losses import image_generators, point_sample, rand_rows
 
 
 def batch_class_cost(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -61,12 +61,14 @@ class HungarianMatcher(nn.Module):
         """Padded costs [B, Q, T_max] (fp32; columns >= T_b of image b are padding).
 
         Draws one [B, num_points, 2] block of uniform points (so a batch consumes `generator` exactly like
-        its images matched one by one, in order) and evaluates every image's costs with batched matmuls.
+        its images matched one by one, in order; or each image's points from its targets[b]["generator"]) and
+        evaluates every image's costs with batched matmuls.
         """
         logits = outputs["pred_logits"].float()                                        # [B,Q,K+1]
         masks = outputs["pred_masks"].float()                                          # [B,Q,h,w]
         B = logits.shape[0]
-        coords = torch.rand(B, self.num_points, 2, device=masks.device, generator=generator)  # [B,P,2]
+        coords = rand_rows([1] * B, (self.num_points, 2), masks.device, image_generators(targets),
+                           generator)                                                   # [B,P,2]
         # The Q masks of image b are the channels of one grid_sample "image": no per-mask copies of the points.
         pred = point_sample(masks, coords)                                              # [B,Q,P]
         t_max = max([len(t["labels"]) for t in targets] + [0])

@@ -9,15 +9,21 @@ Launch commands::
     # several GPUs on one node (DDP iff RANK is set; train.batch_size is the GLOBAL batch)
     torchrun --standalone --nproc_per_node=8 -m iuq_lite.train --preset coco_r50_iuq \
         --out runs/coco_r50_iuq --set data.root=/data/coco
+    # two nodes: the same on each, with torchrun's rendezvous flags instead of --standalone
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 --rdzv-id=iuq ...
 
-One step (METHOD §5): forward I -> L_intra -> L_inter (memory + in-batch negatives) -> forward g(I) -> L_equi
+One step (METHOD §5): forward I and g(I) -> L_intra -> L_inter (memory + in-batch negatives) -> L_equi
 -> backward, step -> enqueue this batch's sampled instance pixels. With IUQ disabled the same loop is the
-plain Mask2Former-style baseline.
+plain Mask2Former-style baseline. Under DDP every random draw is keyed by (seed, step, image id) and every
+loss normaliser is all-reduced, so N processes give one process's losses (tests/test_ddp.py); the model runs
+inside `iuq.TwoViews`, so both IUQ forwards (I and g(I)) happen in one DDP forward. train.accum_steps > 1
+splits each rank's share of the global batch into micro-batches (DDP no_sync on all but the last).
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import math
 import signal
@@ -29,8 +35,9 @@ from typing import Any
 
 import torch
 
-from . import utils
-from .config import Config, from_dict, from_preset, to_dict
+from . import checkpoint, utils
+from .checkpoint import latest_checkpoint, load_checkpoint, load_model  # noqa: F401 - public via train
+from .config import Config, from_preset, to_dict
 
 
 @dataclass
@@ -71,46 +78,46 @@ def lr_lambda(cfg: Config):
     return f
 
 
-def epoch_indices(n: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
-    """This rank's shuffled sample order for an epoch: keyed by (seed, epoch), so resume needs only the step."""
+def epoch_indices(n: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1, chunk: int = 1) -> list[int]:
+    """This rank's sample order for an epoch, keyed by (seed, epoch) so resume needs only the step: the shuffled
+    order cut into chunks of `chunk` images, chunk c going to rank c % world. With chunk = a micro-batch, the
+    ranks' micro-batches of a step, in rank order, are one process's batch in order (DDP == one process)."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(n, generator=g).tolist()
-    per_rank = len(perm) // world
-    return perm[rank * per_rank:(rank + 1) * per_rank]
+    usable = n // (chunk * world) * chunk * world
+    return [perm[i] for i in range(usable) if (i // chunk) % world == rank]
 
 
 def batches(dataset, *, batch_size: int, seed: int, start_step: int, num_workers: int = 0, rank: int = 0,
-            world: int = 1):
-    """Infinite iterator of collated (images, targets); starts at `start_step` without loading skipped data."""
+            world: int = 1, accum: int = 1):
+    """Infinite iterator of collated micro-batches (images, targets), `accum` per step, each of
+    batch_size / (world x accum) images (batch_size is the GLOBAL batch); starts at `start_step` without
+    loading skipped data."""
     from .data.coco import collate
-    per_epoch = (len(dataset) // world) // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"dataset of {len(dataset)} images is smaller than one batch ({batch_size} x {world})")
+    micro, per_epoch = batch_size // (world * accum), len(dataset) // batch_size
+    if per_epoch == 0 or micro == 0 or micro * world * accum != batch_size:
+        raise ValueError(f"global batch {batch_size} must be a multiple of world size x accum_steps ({world} x "
+                         f"{accum}) and at most the dataset's {len(dataset)} images")
     step = start_step
     while True:
         epoch, offset = divmod(step, per_epoch)
-        order = epoch_indices(len(dataset), seed=seed, epoch=epoch, rank=rank, world=world)
-        order = order[offset * batch_size: per_epoch * batch_size]
+        order = epoch_indices(len(dataset), seed=seed, epoch=epoch, rank=rank, world=world, chunk=micro)
+        order = order[offset * micro * accum: per_epoch * micro * accum]
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, order), batch_size=batch_size, shuffle=False,
+            torch.utils.data.Subset(dataset, order), batch_size=micro, shuffle=False,
             num_workers=num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
             # its own generator: a DataLoader otherwise draws its worker base seed from the global RNG, which
-            # would shift every later random number after a resume
-            generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for batch in loader:
-            yield batch
-            step += 1
+            # would shift every later random number after a resume; keyed by rank too, so that the ranks'
+            # workers do not augment in lockstep
+            generator=torch.Generator().manual_seed(utils.step_seed(seed * 100_003 + epoch, rank)))
+        yield from loader
+        step = (epoch + 1) * per_epoch
 
 
 def _to(targets: list[dict], device: torch.device) -> list[dict]:
     return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
             for t in targets]
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "ckpt").glob("iter_*.pt"))
-    return ckpts[-1] if ckpts else None
 
 
 # -------------------------------------------------------------------------------------------- train
@@ -121,12 +128,13 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
     Writes OUT/model.pt ({"model": state_dict, "config": plain dict}), OUT/manifest.json, OUT/history.jsonl and
     resumable OUT/ckpt/iter_NNNNNNN.pt (DESIGN §4). `overrides` is only recorded in the manifest.
     `stop_after=N` stops at step N exactly as a kill would (checkpoint written, no model.pt); resume=True then
-    continues from OUT/ckpt with identical results to an uninterrupted run.
+    continues from OUT/ckpt with identical results to an uninterrupted run. History losses are the means
+    over ranks (under DDP), summed over micro-batches.
     """
     from tqdm.auto import tqdm
 
     from .data.coco import build_datasets
-    from .iuq import IUQCriterion
+    from .iuq import IUQCriterion, TwoViews
     from .model import build_criterion, build_model, iuq_adapter
 
     t0 = time.time()
@@ -134,15 +142,18 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
     if t.threads:
         torch.set_num_threads(t.threads)
     device = utils.pick_device(t.device)
-    world, rank = utils.world_size(), utils.rank()
-    if t.batch_size % world:
-        raise ValueError(f"train.batch_size={t.batch_size} (global) is not divisible by world size {world}")
+    world, rank, accum = utils.world_size(), utils.rank(), t.accum_steps
+    if t.batch_size % (world * accum):
+        raise ValueError(f"train.batch_size={t.batch_size} (global) is not divisible by world size {world} x "
+                         f"train.accum_steps {accum}")
     out = Path(out or f"runs/{cfg.preset}")
     out.mkdir(parents=True, exist_ok=True)
     utils.seed_everything(t.seed)
 
     train_ds, val_ds = build_datasets(cfg.data)
     model = build_model(cfg).to(device)
+    if rank:        # augmentation (num_workers=0) draws from the global RNG: one stream per rank, not lockstep
+        utils.seed_everything(utils.step_seed(t.seed, rank) % 2**32)   # (DDP broadcasts rank 0's init)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     base = build_criterion(cfg).to(device)
@@ -152,17 +163,13 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
 
     step, bad_in_row, skipped = 0, 0, 0
     history: list[dict] = []
-    ckpt_path = latest_checkpoint(out) if resume else None
-    if ckpt_path is not None:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state["config"] != to_dict(cfg):
-            raise ValueError(f"checkpoint {ckpt_path} was written for a different config (preset "
-                             f"{state['config'].get('preset')!r}); use another --out or the same settings")
+    state, ckpt_path = checkpoint.load_resume(out, cfg) if resume else (None, None)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         crit.load_state_dict(state["criterion"])
-        utils.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        checkpoint.restore_rng(state["rng"])
         step, skipped = state["step"], state["skipped"]
         if (out / "history.jsonl").exists():        # records up to the checkpoint; later ones are redone
             records = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
@@ -171,12 +178,13 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
             print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
     elif utils.is_main():
         (out / "history.jsonl").unlink(missing_ok=True)      # a fresh run: no stale records
-    train_model = model
+    train_model = ddp = TwoViews(model)      # both IUQ views in one forward (DDP: one forward per backward)
     if utils.is_dist():
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = ddp = torch.nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
         train_model = torch.compile(train_model)
+    tb = _tensorboard(out) if utils.is_main() else None
 
     stop = {"signal": None}
 
@@ -185,37 +193,48 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
         if utils.in_main_thread() else {}
 
-    def save_ckpt() -> None:
-        if not utils.is_main():
-            return
-        utils.atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                           "scheduler": sched.state_dict(), "criterion": crit.state_dict(),
-                           "rng": utils.rng_state(), "step": step, "skipped": skipped, "config": to_dict(cfg)},
-                          out / "ckpt" / f"iter_{step:07d}.pt")
-        for old in sorted((out / "ckpt").glob("iter_*.pt"))[:-t.keep_last]:
-            old.unlink()
-        with open(out / "history.jsonl", "w") as f:
-            f.writelines(json.dumps(h) + "\n" for h in history)
+    def save_ckpt() -> None:           # on every rank: the RNG states are gathered
+        rng = checkpoint.rank_states(crit.memory)
+        if utils.is_main():
+            checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict(), "criterion": crit.state_dict(), "rng": rng,
+                             "step": step, "skipped": skipped, "config": to_dict(cfg)}, out, step,
+                            keep_last=t.keep_last)
+            with open(out / "history.jsonl", "w") as f:
+                f.writelines(json.dumps(h) + "\n" for h in history)
 
-    data = batches(train_ds, batch_size=t.batch_size // world, seed=t.seed, start_step=step,
-                   num_workers=cfg.data.num_workers, rank=rank, world=world)
+    data = batches(train_ds, batch_size=t.batch_size, seed=t.seed, start_step=step,
+                   num_workers=cfg.data.num_workers, rank=rank, world=world, accum=accum)
     bar = tqdm(total=t.iters, initial=step, disable=not (progress and utils.is_main()), file=sys.stderr,
                dynamic_ncols=True, mininterval=2.0)
     model.train()
-    tick, tick_step = time.time(), step
+    tick, tick_step, stopping = time.time(), step, False
     try:
-        while step < min(t.iters, stop_after or t.iters) and stop["signal"] is None:
-            images, targets = next(data)
-            images, targets = images.to(device, non_blocking=True), _to(targets, device)
-            if t.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda"):
-                losses = crit(train_model, images, targets, step=step)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
+        while step < min(t.iters, stop_after or t.iters) and not stopping:
+            micro = [next(data) for _ in range(accum)]
+            step_targets = [tg for _, targets in micro for tg in targets] if accum > 1 else None
+            opt.zero_grad(set_to_none=True)
+            total: dict[str, torch.Tensor] = {}
+            for i, (images, targets) in enumerate(micro):
+                images, targets = images.to(device, non_blocking=True), _to(targets, device)
+                if t.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                # DDP all-reduces gradients at the last micro-batch's backward only
+                with ddp.no_sync() if i < accum - 1 and utils.is_dist() else contextlib.nullcontext():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda"):
+                        losses = crit(train_model, images, targets, step=step, step_targets=step_targets)
+                    sum(losses.values()).backward()       # a non-finite loss is dropped below, on every rank
+                total = {k: total.get(k, 0) + v.detach().float() for k, v in losses.items()}
+            # one all-reduce: the logged losses (mean over ranks), a non-finite loss anywhere, a signal anywhere
+            flags = utils.all_reduce_mean(torch.stack([*total.values(), torch.tensor(
+                float(stop["signal"] is not None), device=device)]))
+            stopping, terms = bool(flags[-1] > 0), dict(zip(total, flags[:-1].tolist()))
+            loss = sum(terms.values())
+            if not math.isfinite(loss):
                 bad_in_row += 1
                 skipped += 1
                 opt.zero_grad(set_to_none=True)
+                crit.after_step(push=False)
                 print(f"warning: non-finite loss at step {step} (skipped {skipped} so far)", file=sys.stderr)
                 if bad_in_row >= t.max_bad_steps:
                     save_ckpt()
@@ -225,8 +244,6 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
                 sched.step()
                 continue
             bad_in_row = 0
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()
@@ -236,16 +253,16 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
             bar.update(1)
             if step % t.log_every == 0 or step == t.iters:
                 now = time.time()
-                rec = {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+                rec = {"step": step, "loss": loss, "lr": opt.param_groups[0]["lr"],
                        "it_s": (step - tick_step) / max(now - tick, 1e-9), "seconds": now - t0,
-                       **{k: v.item() for k, v in losses.items() if not k[-1].isdigit()}}
+                       **{k: v for k, v in terms.items() if not k[-1].isdigit()}}
                 tick, tick_step = now, step
-                _log_record(history, rec, out)
+                _log_record(history, rec, out, tb)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False)
             if t.eval_every and step % t.eval_every == 0 and step < t.iters and utils.is_main():
                 with torch.random.fork_rng(devices=[]):    # evaluating must not shift the training RNG stream
                     _log_record(history, {"step": step, "seconds": time.time() - t0,
-                                          **_evaluate(model, val_ds, cfg, limit=t.eval_images)}, out)
+                                          **_evaluate(model, val_ds, cfg, limit=t.eval_images)}, out, tb)
                 model.train()
             if step % t.ckpt_every == 0:               # a signal's checkpoint is written after the loop
                 save_ckpt()
@@ -253,9 +270,12 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
         bar.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
-    if stop["signal"] is not None:
-        save_ckpt()
-        raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step}; resume with --resume")
+        if tb is not None:
+            tb.close()
+    if stopping:
+        if step % t.ckpt_every:
+            save_ckpt()
+        raise KeyboardInterrupt(f"stopped by a signal at step {step}; resume with --resume")
     if step % t.ckpt_every:                          # else the loop has just written this step's checkpoint
         save_ckpt()
     if step < t.iters:             # stop_after: interrupted on purpose
@@ -278,12 +298,25 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
                        out=str(out))
 
 
-def _log_record(history: list, rec: dict, out: Path) -> None:
-    """Keep a history record and append it to OUT/history.jsonl at once (rewritten whole at checkpoints)."""
+def _log_record(history: list, rec: dict, out: Path, tb=None) -> None:
+    """Keep a history record and append it to OUT/history.jsonl at once (rewritten whole at checkpoints); also
+    to TensorBoard when it is installed."""
     history.append(rec)
     if utils.is_main():
         with open(out / "history.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
+    for k, v in rec.items() if tb is not None else ():
+        if k != "step" and isinstance(v, (int, float)):
+            tb.add_scalar(k, v, rec["step"])
+
+
+def _tensorboard(out: Path):
+    """A SummaryWriter on OUT/tensorboard when tensorboard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _evaluate(model, dataset, cfg: Config, limit: int = 0) -> dict:
@@ -318,31 +351,6 @@ def _peak_mb(device: torch.device) -> float:
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     import resource
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def load_model(path: str | Path, *, device: str = "cpu") -> tuple[torch.nn.Module, Config]:
-    """Rebuild a model from OUT/model.pt (weights_only load, strict), in eval mode."""
-    from .model import build_model
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (run `make reproduce` or train first)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = from_dict(state["config"])
-    model = build_model(cfg)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()})
-    return model.to(device).eval(), cfg
-
-
-def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, Config, dict]:
-    """A committed checkpoint (checkpoints/<name>/model.pt, relative paths from the project root) with its
-    manifest, loaded strictly: the weights' sha256 and config must match the manifest (notebooks never retrain)."""
-    from .experiments import ROOT
-    path = ROOT / path
-    model, cfg = load_model(path)                   # FileNotFoundError names the path: run `make reproduce`
-    manifest = json.loads((path.parent / "manifest.json").read_text())
-    if utils.sha256_file(path) != manifest["model_sha256"] or manifest["config"] != to_dict(cfg):
-        raise ValueError(f"{path} does not match {path.parent / 'manifest.json'} (sha256 or config)")
-    return model, cfg, manifest
 
 
 # ---------------------------------------------------------------------------------------------- CLI

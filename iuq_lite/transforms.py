@@ -226,3 +226,42 @@ def sample(kind: str, *, image_size: tuple[int, int], stride: int, generator: to
     elif kind == "scale":
         params = {"scale": math.exp(_uniform(generator, math.log(lo), math.log(hi)))}
     return GeoTransform(kind, params, (H, W), int(stride))
+
+
+# ------------------------------------------------------------------------------------------ targets
+def transform_targets(targets: list[dict], g: GeoTransform) -> list[dict]:
+    """g(M): masks transformed with g; instances the transform leaves empty and crowd ones dropped.
+
+    "size" is removed: after a flip or warp the real area is no longer the top-left box, so it is carried
+    by `valid_region` instead. Per-annotation extras ("groups") are dropped.
+    """
+    out = []
+    for t in targets:
+        m = g.masks(t["masks"])                                                       # [K,H',W'] bool
+        keep = m.flatten(1).any(1)
+        if "iscrowd" in t:
+            keep &= ~t["iscrowd"].to(keep.device).bool()
+        rest = {k: v for k, v in t.items() if k not in ("masks", "labels", "iscrowd", "size", "groups")}
+        out.append({**rest, "labels": t["labels"][keep.to(t["labels"].device)], "masks": m[keep],
+                    "iscrowd": torch.zeros(int(keep.sum()), dtype=torch.bool, device=m.device)})
+    return out
+
+
+def valid_region(targets: list[dict], g: GeoTransform, image_size: tuple[int, int],
+                 device: torch.device) -> torch.Tensor | None:
+    """[B,H',W'] bool at image resolution: inside the warped canvas AND inside each image's real (unpadded)
+    area after g; None when everything is valid."""
+    H, W = int(image_size[0]), int(image_size[1])
+    inside = g.valid((H, W), device=device)                                           # [H',W']
+    sizes = [t.get("size") for t in targets]
+    padded = any(s is not None and (int(s[0]) < H or int(s[1]) < W) for s in sizes)
+    if bool(inside.all()) and not padded:
+        return None
+    valid = inside[None].expand(len(targets), -1, -1)
+    if padded:
+        area = torch.zeros(len(targets), H, W, dtype=torch.bool, device=device)
+        for b, s in enumerate(sizes):
+            h, w = (H, W) if s is None else (int(s[0]), int(s[1]))
+            area[b, :h, :w] = True
+        valid = valid & g.masks(area)
+    return valid

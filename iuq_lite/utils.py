@@ -100,6 +100,15 @@ def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- RNG state
+def step_seed(seed: int, step: int) -> int:
+    """A generator seed from (train seed, step), equal on every DDP rank: splitmix64 of (seed << 32 | step) (no
+    salted hash()); mixed because torch's CPU generator keeps only the low 32 bits of a seed."""
+    z = ((int(seed) << 32) + int(step) + 0x9E3779B97F4A7C15) % (1 << 64)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+    return (z ^ (z >> 31)) % (1 << 63)
+
+
 def rng_state() -> dict:
     """Every RNG state as plain tensors / lists / numbers (loads with weights_only=True)."""
     np_state = np.random.get_state(legacy=False)

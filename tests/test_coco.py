@@ -306,3 +306,14 @@ def test_generated_shapes_load(tmp_path):
         assert image.shape == (3, 64, 64) and t["masks"].shape[0] == len(anns)
         assert [int(m.sum()) for m in t["masks"]] == [int(ds.coco.annToMask(a).sum()) for a in anns]
         assert t["groups"] == [a.get("groups", []) for a in anns]
+
+
+def test_check_root_reports_a_missing_image_and_a_broken_json_together(tmp_path):
+    root = _layout(tmp_path / "coco")
+    (root / "train2017" / "rgb.png").unlink()
+    ann = root / "annotations" / "instances_val2017.json"
+    ann.write_text(ann.read_text()[:-40])                                  # truncated: not valid JSON
+    out = C.check_root(root)
+    text = " ".join(out["problems"])
+    assert not out["ok"] and "rgb.png (image id 7)" in text and "instances_val2017.json" in text
+    assert "not valid JSON" in text and out["splits"]["train"]["missing_files"] == 1

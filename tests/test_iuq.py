@@ -19,7 +19,7 @@ from iuq_lite.matcher import HungarianMatcher
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=20)
 
 
-def _einsum(e, m):
+def _einsum(e, m, pos=None):
     return torch.einsum("bqc,mc->bqm", e, m)
 
 
@@ -418,3 +418,19 @@ def test_transform_is_keyed_by_seed_and_step():
     c = _crit()
     c.seed = 4
     assert [c.draw_transform(s, (64, 64)) for s in range(8)] != draws
+
+
+def test_two_views_and_per_image_draws_make_split_batches_add_up():
+    """TwoViews(model) (what DDP wraps) gives the plain model's losses; with draws keyed per image and the
+    step's normalisers, two half batches add up to the whole batch (the basis of DDP == one process and of
+    gradient accumulation; the inter loss differs: each half sees only its own in-batch negatives)."""
+    torch.manual_seed(0)
+    model = ToySeg()
+    images, targets = _toy_batch(B=4)
+    whole = _crit()(model, images, targets, step=2)
+    wrapped = _crit()(iuq.TwoViews(model), images, targets, step=2)
+    assert whole.keys() == wrapped.keys() and all(torch.equal(whole[k], wrapped[k]) for k in whole)
+    crit = _crit()
+    halves = [crit(model, images[i:i + 2], targets[i:i + 2], step=2, step_targets=targets) for i in (0, 2)]
+    for k in ("loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_mask_0", "loss_equi"):
+        torch.testing.assert_close(halves[0][k] + halves[1][k], whole[k], msg=k)

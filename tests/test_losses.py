@@ -134,6 +134,23 @@ def test_crowd_annotations_are_excluded():
     torch.testing.assert_close(_criterion().mask_loss(outputs, with_crowd), m_ref)
 
 
+def test_mask_loss_with_class_adds_the_weighted_ce_of_the_same_matching():
+    """iuq.equi.class_loss: mask_loss(with_class=True) = mask terms + class_weight * CE (final layer), one matching."""
+    torch.manual_seed(0)
+    targets = _rect_targets()
+    outputs = _perfect_outputs(targets)
+    outputs["pred_logits"] = outputs["pred_logits"] + torch.randn_like(outputs["pred_logits"])
+    outputs["aux_outputs"] = [dict(outputs)]               # ignored: the equivariance branch is final-layer only
+    crit = _criterion()
+    idx = [(torch.arange(len(t["labels"])), torch.arange(len(t["labels"]))) for t in targets]
+    torch.manual_seed(1)
+    mask_only = crit.mask_loss(outputs, targets, indices=idx)
+    torch.manual_seed(1)
+    both = crit.mask_loss(outputs, targets, indices=idx, with_class=True)
+    ce = crit(outputs, targets)["loss_ce"]                # the base loss's weighted CE, same (perfect) matching
+    torch.testing.assert_close(both - mask_only, ce)
+
+
 @pytest.mark.parametrize("sampling", ["importance", "uniform"])
 def test_mask_loss_ignores_points_outside_valid_and_size(sampling):
     targets = _rect_targets()
@@ -223,3 +240,21 @@ def test_one_batch_overfit_tiny():
             opt.step()
             history.append(loss.item())
     assert min(history[-5:]) < 0.2 * history[0], history[::10]
+
+
+def test_costs_and_losses_stay_fp32_under_bf16_autocast(monkeypatch):
+    """bf16 autocast (train.amp): the matcher's costs and every loss term are computed in fp32."""
+    import iuq_lite.matcher as M
+    dtypes = []
+
+    def spy(pred, tgt):
+        cost = batch_dice_cost(pred, tgt)
+        dtypes.append(cost.dtype)
+        return cost
+    batch_dice_cost = M.batch_dice_cost
+    monkeypatch.setattr(M, "batch_dice_cost", spy)
+    targets = _rect_targets()
+    outputs = {k: v.bfloat16() for k, v in _perfect_outputs(targets).items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = _criterion()(outputs, targets)
+    assert dtypes == [torch.float32] and all(v.dtype == torch.float32 for v in losses.values())

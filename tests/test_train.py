@@ -24,6 +24,9 @@ def test_epoch_order_is_keyed_by_seed_and_epoch_and_shards_disjointly():
     assert a == epoch_indices(20, seed=0, epoch=3) and a != epoch_indices(20, seed=0, epoch=4)
     r0, r1 = epoch_indices(20, seed=0, epoch=3, rank=0, world=2), epoch_indices(20, seed=0, epoch=3, rank=1, world=2)
     assert not set(r0) & set(r1) and len(r0) == len(r1) == 10
+    # chunked: the ranks' micro-batches of 3 images, in rank order, are one process's order (DDP == one process)
+    r = [epoch_indices(24, seed=1, epoch=0, rank=k, world=2, chunk=3) for k in (0, 1)]
+    assert [i for c in range(4) for k in (0, 1) for i in r[k][3 * c:3 * c + 3]] == epoch_indices(24, seed=1, epoch=0)
 
 
 def test_tiny_run_writes_the_run_folder(tmp_path):
@@ -61,3 +64,56 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     iuq.train.train(iuq.config.from_preset("tiny", over), out=tmp_path, progress=False)
     with pytest.raises(ValueError, match="different config"):
         iuq.train.train(iuq.config.from_preset("tiny_iuq", over), out=tmp_path, resume=True, progress=False)
+
+
+def test_corrupt_checkpoint_and_killed_write_fall_back_to_the_previous(tmp_path):
+    """A truncated newest checkpoint is skipped with a warning naming it, a temp file left by a kill during a
+    write is ignored (and cleaned up): the run resumes from the previous checkpoint and ends bit-identical."""
+    cfg = iuq.config.from_preset("tiny", {"train.iters": 6, "train.ckpt_every": 2, "train.eval_at_end": False})
+    straight = iuq.train.train(cfg, out=tmp_path / "a", progress=False)
+    iuq.train.train(cfg, out=tmp_path / "b", progress=False, stop_after=4)
+    newest = tmp_path / "b" / "ckpt" / "iter_0000004.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])                         # truncated
+    stray = tmp_path / "b" / "ckpt" / "iter_0000006.pt.k1ll3d.tmp"         # a SIGKILL during a write
+    stray.write_bytes(b"half a checkpoint")
+    with pytest.warns(RuntimeWarning, match="iter_0000004.pt is unreadable"):
+        resumed = iuq.train.train(cfg, out=tmp_path / "b", resume=True, progress=False)
+    assert not stray.exists()
+    a = torch.load(straight.checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.checkpoint, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
+    """accum_steps=2: two micro-batches, normalised by the whole step's counts, give the whole batch's losses
+    and (one AdamW step) weights; the equivariance loss is on, so its mask count is checked too."""
+    runs = {}
+    for accum in (1, 2):
+        cfg = iuq.config.from_preset("tiny", {"train.iters": 1, "train.log_every": 1, "train.eval_at_end": False,
+                                              "train.accum_steps": accum, "iuq.equi.enabled": True})
+        runs[accum] = iuq.train.train(cfg, out=tmp_path / str(accum), progress=False)
+    one, two = runs[1].history[0], runs[2].history[0]
+    assert {k: pytest.approx(v, rel=1e-5) for k, v in one.items() if k.startswith("loss")} == \
+        {k: v for k, v in two.items() if k.startswith("loss")}
+    a = torch.load(runs[1].checkpoint, weights_only=True)["model"]
+    b = torch.load(runs[2].checkpoint, weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5, msg=k)
+    with pytest.raises(ValueError, match="accum_steps"):
+        iuq.train.train(iuq.config.from_preset("tiny", {"train.accum_steps": 3}), out=tmp_path / "3", progress=False)
+
+
+def test_logged_records_go_to_tensorboard_when_it_is_installed(tmp_path, monkeypatch):
+    class Writer:                  # stands in for torch.utils.tensorboard.SummaryWriter
+        scalars, closed = [], False
+
+        def add_scalar(self, key, value, step):
+            self.scalars.append((key, step))
+
+        def close(self):
+            self.closed = True
+    writer = Writer()
+    monkeypatch.setattr(iuq.train, "_tensorboard", lambda out: writer)
+    cfg = iuq.config.from_preset("tiny", {"train.iters": 2, "train.log_every": 1, "train.eval_at_end": False})
+    iuq.train.train(cfg, out=tmp_path, progress=False)
+    assert {("loss", 1), ("loss_ce", 2), ("lr", 2)} <= set(writer.scalars) and writer.closed

@@ -1,7 +1,7 @@
 """Models: `build_model(cfg)` dispatches on cfg.model.name.
 
-    model = iuq.model.build_model(cfg)     # "mask2former" (CondInst comes later)
-    out = model(images)                    # images [B,3,H,W] in [0,1]; see mask2former.py for the output dict
+    model = iuq.model.build_model(cfg)     # "mask2former" | "condinst"
+    out = model(images)                    # images [B,3,H,W] in [0,1]; output dicts: mask2former.py, condinst.py
 """
 from __future__ import annotations
 
@@ -9,20 +9,24 @@ from torch import nn
 
 from ..config import Config
 from .backbone import PixelDecoder, build_backbone
+from .condinst import CondInst
 from .mask2former import Mask2Former
 
-__all__ = ["Mask2Former", "PixelDecoder", "build_backbone", "build_criterion", "build_model", "iuq_adapter"]
+__all__ = ["CondInst", "Mask2Former", "PixelDecoder", "build_backbone", "build_criterion", "build_model",
+           "iuq_adapter"]
 
 
 def build_model(cfg: Config) -> nn.Module:
     """The segmenter named by cfg.model.name, randomly initialised except for cfg.model.pretrained backbones.
 
-    Every model returns the dict documented in mask2former.py and has `.mask_stride` (4), `.num_classes`,
+    Every model returns the dict documented in its module and has `.mask_stride` (4), `.num_classes`,
     `.num_queries`.
     """
     if cfg.model.name == "mask2former":
         return Mask2Former(cfg.model)
-    raise ValueError(f"unknown model {cfg.model.name!r}; available: mask2former")
+    if cfg.model.name == "condinst":
+        return CondInst(cfg.model)
+    raise ValueError(f"unknown model {cfg.model.name!r}; available: mask2former, condinst")
 
 
 def build_criterion(cfg: Config) -> nn.Module:
@@ -34,7 +38,10 @@ def build_criterion(cfg: Config) -> nn.Module:
         matcher = HungarianMatcher(cost_class=cfg.loss.class_weight, cost_mask=cfg.loss.mask_weight,
                                    cost_dice=cfg.loss.dice_weight, num_points=cfg.loss.num_points)
         return SetCriterion(cfg.loss, cfg.model.num_classes, matcher)
-    raise ValueError(f"unknown model {cfg.model.name!r}; available: mask2former")
+    if cfg.model.name == "condinst":
+        from .condinst import CondInstCriterion
+        return CondInstCriterion(cfg)
+    raise ValueError(f"unknown model {cfg.model.name!r}; available: mask2former, condinst")
 
 
 def iuq_adapter(model: nn.Module):
