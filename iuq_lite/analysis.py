@@ -12,11 +12,9 @@ TRANSPARENT_COCO or, where none matches (shapes), `opacity`. Thresholds: `tune_t
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +25,12 @@ from pycocotools.coco import COCO
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from .data.coco import collate, load_image
+from .data.coco import collate, encode_masks, index_coco, load_image
+from .data.shapes import GROUPS  # the five failure groups of Figure S3, one definition
+from .evaluate import eval_mode
 from .matcher import HungarianMatcher
 from .transforms import sample
 
-GROUPS = ("occluded_similar", "complex_topology", "small_blurry", "deformed", "transparent")
 TRANSPARENT_COCO = ("wine glass", "cup", "bottle", "vase")  # COCO thing classes that are usually glass
 # occluded_similar: contact > t; complex_topology: topology score > t; small_blurry: area / image area < t
 # or (if not None) Laplacian variance < t; deformed: solidity / category median < t; transparent: opacity < t
@@ -223,8 +222,7 @@ def group_criteria_report(ann_file: str | Path, image_dir: str | Path | None, *,
     {"thresholds", "tuned_on", "num_images", "num_annotations", "groups": {group: {"precision", "recall",
     "f1", "support", "flagged", "true_positives"}}, "tuned": the same on the tuning split or None}."""
     def load(ann: str | Path, images: Any, n: int | None) -> tuple[COCO, dict, dict]:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress on stdout
-            coco = COCO(str(ann))
+        coco = index_coco(ann)
         f = annotation_features(coco, image_dir=images, contact_radius=contact_radius,
                                 img_ids=sorted(coco.imgs)[:n])
         return coco, f, {a: list(coco.anns[a].get("groups", [])) for a in f}
@@ -246,37 +244,27 @@ def group_criteria_report(ann_file: str | Path, image_dir: str | Path | None, *,
             "groups": scores(coco, feats, truth, t), "tuned": tuned}
 
 
-@contextlib.contextmanager
-def _eval(model: torch.nn.Module) -> Iterator[torch.device]:
-    """no_grad + eval mode, the caller's train/eval mode restored afterwards; yields the model's device."""
-    was = model.training
-    try:
-        with torch.no_grad():
-            yield next(iter(model.eval().parameters())).device
-    finally:
-        model.train(was)
-
-
 def _matched(model: torch.nn.Module, dataset: Any, *, num_images: int, batch_size: int, matcher: Any,
-             seed: int, device: torch.device) -> list[dict]:
+             seed: int) -> list[dict]:
     """For a seeded pool of `num_images` images, per image: "features" [P,C] (its valid, unpadded stride-s
     pixels), "embed" [n,C] and "labels" [n] of the queries Hungarian-matched to its GT (default
     HungarianMatcher(num_points=1024), seeded points), "classes" (set of GT labels), "index" (in dataset)."""
     matcher = matcher or HungarianMatcher(num_points=1024)
     indices = sorted(np.random.default_rng(seed).permutation(len(dataset))[:num_images].tolist())  # the pool
-    gen, recs = torch.Generator(device=device).manual_seed(seed), []
-    for s in range(0, len(indices), batch_size):
-        images, targets = collate([dataset[i] for i in indices[s:s + batch_size]])
-        targets = [{"labels": t["labels"].to(device), "masks": t["masks"].to(device), "size": t["size"]}
-                   for t in targets]
-        out = model(images.to(device))
-        stride = images.shape[-1] // out["mask_features"].shape[-1]
-        for b, (iq, it) in enumerate(matcher(out, targets, generator=gen)):
-            h, w = (math.ceil(int(v) / stride) for v in targets[b]["size"])
-            recs.append({"features": out["mask_features"][b, :, :h, :w].flatten(1).T.float(),   # [h*w,C]
-                         "embed": out["mask_embed"][b, iq.to(device)].float(),              # [n,C]
-                         "labels": targets[b]["labels"][it.to(device)].cpu(),
-                         "classes": set(targets[b]["labels"].tolist()), "index": indices[s + b]})
+    with eval_mode(model) as device:
+        gen, recs = torch.Generator(device=device).manual_seed(seed), []
+        for s in range(0, len(indices), batch_size):
+            images, targets = collate([dataset[i] for i in indices[s:s + batch_size]])
+            targets = [{"labels": t["labels"].to(device), "masks": t["masks"].to(device), "size": t["size"]}
+                       for t in targets]
+            out = model(images.to(device))
+            stride = images.shape[-1] // out["mask_features"].shape[-1]
+            for b, (iq, it) in enumerate(matcher(out, targets, generator=gen)):
+                h, w = (math.ceil(int(v) / stride) for v in targets[b]["size"])
+                recs.append({"features": out["mask_features"][b, :, :h, :w].flatten(1).T.float(),   # [h*w,C]
+                             "embed": out["mask_embed"][b, iq.to(device)].float(),              # [n,C]
+                             "labels": targets[b]["labels"][it.to(device)].cpu(),
+                             "classes": set(targets[b]["labels"].tolist()), "index": indices[s + b]})
     return recs
 
 
@@ -288,9 +276,7 @@ def query_uniqueness(model: torch.nn.Module, dataset: Any, *, num_images: int = 
     other image) pairs, "cross_fire_same_class" / "cross_fire_other_class": over other images that do / do
     not contain its class, "own_fire": on its own image (None: no pairs), "per_query" [n] mean cross fire,
     "labels" [n] GT labels, "num_queries", "num_images", "threshold"}."""
-    with _eval(model) as device:
-        recs = _matched(model, dataset, num_images=num_images, batch_size=batch_size, matcher=matcher,
-                        seed=seed, device=device)
+    recs = _matched(model, dataset, num_images=num_images, batch_size=batch_size, matcher=matcher, seed=seed)
     n_img, feats = len(recs), torch.cat([r["features"] for r in recs])               # [P,C] all pixels
     owner = torch.cat([torch.full((len(r["features"]),), j, device=feats.device) for j, r in enumerate(recs)])
     emb, labels = torch.cat([r["embed"] for r in recs]), torch.cat([r["labels"] for r in recs])  # [n,C], [n]
@@ -316,7 +302,7 @@ def cross_image_heatmaps(model: torch.nn.Module, image_a: torch.Tensor, images_b
     [B,3,H',W'] in [0,1]. Queries: those Hungarian-matched to target_a ({"labels" [T], "masks" [T,H,W]};
     in GT order), else the top_k by 1 - p(no-object). Returns, on the CPU, {"queries" [n],
     "labels" [n] predicted class, "own" [n,h,w] sigmoid on A, "heatmaps" [n,B,h',w'] sigmoid(E_A . F_B)}."""
-    with _eval(model) as device:
+    with eval_mode(model) as device:
         out_a, out_b = model(image_a[None].to(device)), model(images_b.to(device))
         prob = out_a["pred_logits"][0].softmax(-1)                                    # [Q,K+1]
         q = (1 - prob[:, -1]).topk(min(top_k, len(prob))).indices
@@ -336,9 +322,7 @@ def embedding_similarity(model: torch.nn.Module, dataset: Any, *, num_images: in
     """Cosine similarity [N,N] of the matched mask embeddings of a seeded pool of images (see _matched), in
     (GT label, image) order so that classes form blocks. Returns {"similarity", "labels" [N], "image_index"
     [N] (in dataset), "mean_same_class" / "mean_other_class": over pairs of DIFFERENT images, or None}."""
-    with _eval(model) as device:
-        recs = _matched(model, dataset, num_images=num_images, batch_size=batch_size, matcher=matcher,
-                        seed=seed, device=device)
+    recs = _matched(model, dataset, num_images=num_images, batch_size=batch_size, matcher=matcher, seed=seed)
     emb, labels = torch.cat([r["embed"] for r in recs]).cpu(), torch.cat([r["labels"] for r in recs])
     image = torch.cat([torch.full((len(r["labels"]),), r["index"]) for r in recs])
     order = sorted(range(len(labels)), key=lambda k: (int(labels[k]), int(image[k])))  # stable sort
@@ -364,7 +348,7 @@ def equivariance_error(model: torch.nn.Module, images: torch.Tensor, g: Any) -> 
     """||f(g(I)) - g(f(I))|| / ||g(f(I))|| (METHOD §4; 0 for an exactly equivariant f), f = mask_features
     [B,C,h,w], norms over the batch on g.valid pixels, so the denominator is ||f(I)|| on the region the
     numerator sees (all of it for hflip). images [B,3,H,W] in [0,1]; g: iuq_lite.transforms.sample(...)."""
-    with _eval(model) as device:
+    with eval_mode(model) as device:
         num, den = _equi_sums(model, images.to(device), g)
     return math.sqrt(num / den) if den > 0 else math.nan
 
@@ -380,7 +364,7 @@ def equivariance_errors(model: torch.nn.Module, dataset: Any, *,
     gens = {k: torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(k.encode())) for k in kinds}
     sums = {k: np.zeros(2) for k in kinds}
     indices = sorted(np.random.default_rng(seed).permutation(len(dataset))[:num_images].tolist())  # the pool
-    with _eval(model) as device:
+    with eval_mode(model) as device:
         for s in range(0, len(indices), batch_size):
             images = collate([dataset[i] for i in indices[s:s + batch_size]])[0].to(device)
             f = model(images)["mask_features"]
@@ -393,8 +377,7 @@ def equivariance_errors(model: torch.nn.Module, dataset: Any, *,
 def per_image_iou(pred_masks: torch.Tensor | np.ndarray, gt_masks: torch.Tensor | np.ndarray) -> np.ndarray:
     """pred [P,H,W], gt [G,H,W] (bool or {0,1}) -> IoU [P,G] float64 via pycocotools.mask.iou on RLE (every
     GT a plain, non-crowd instance). An empty side gives a [P,G] array of zeros."""
-    p, g = (np.asarray(m.cpu() if torch.is_tensor(m) else m, np.uint8) for m in (pred_masks, gt_masks))
+    p, g = encode_masks(pred_masks), encode_masks(gt_masks)                                   # RLE lists
     if len(p) == 0 or len(g) == 0:
         return np.zeros((len(p), len(g)))
-    p, g = (mask_util.encode(np.asfortranarray(m.transpose(1, 2, 0))) for m in (p, g))        # RLE lists
     return np.asarray(mask_util.iou(p, g, [0] * len(g)), dtype=np.float64).reshape(len(p), len(g))

@@ -103,6 +103,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, Config, dict]:
     path = ROOT / path
     model, cfg = load_model(path)                   # FileNotFoundError names the path: run `make reproduce`
     manifest = json.loads((path.parent / "manifest.json").read_text())
-    if utils.sha256_file(path) != manifest["model_sha256"] or manifest["config"] != to_dict(cfg):
+    # configs compared with defaults filled in: a checkpoint stays loadable when later versions add config keys
+    if utils.sha256_file(path) != manifest["model_sha256"] or to_dict(from_dict(manifest["config"])) != to_dict(cfg):
         raise ValueError(f"{path} does not match {path.parent / 'manifest.json'} (sha256 or config)")
     return model, cfg, manifest

@@ -10,23 +10,19 @@ Every row is image | baseline | ours | ground truth. A prediction is drawn when 
 (default 0.5: above it a query has at most one class, so no query is drawn twice) and takes the colour of the
 GT instance it overlaps best if that IoU >= 0.5 (analysis.per_image_iou), else a grey (viz.match_colors).
 
-SELECTION RULE (written into each figure's JSON too; no hand-picked indices, so same inputs -> same JSON).
+SELECTION RULE (RULES, also written into each figure's JSON; no hand-picked indices: same inputs, same JSON).
 Per image and model: `ap` = COCO mask AP of its top-k predictions on that image alone (evaluate.coco_eval),
 `iou` = mean over the non-crowd GT instances of the best IoU of a DRAWN prediction (0 when missed), and
 `group_iou[g]` = the same mean over the instances of failure group g. Images without GT are never shown.
-- S2: the `rows` images with the largest gain ours - baseline in `ap`, then in `iou`, then lowest image id.
-- S1: the next `rows` images of the same ranking (disjoint from S2): the paper's S1 compares CondInst, which
-  is not built yet, so S1 shows the same Mask2Former-style pair and its title says so.
-- S3: per group (analysis.GROUPS order) `rows_per_group` images with GT of the group: first those where the
-  group stays hard for BOTH models (baseline group_iou < 0.5), then by ours' group_iou ascending, the
-  baseline's ascending, image id; an image appears in one group at most. Groups are the annotations'
-  "groups" tags (shapes) or, when no annotation has them (COCO), analysis.assign_groups on the shown images.
+S2 and then S1 take `rows` images each from the "gain" ranking (the paper's S1 has a CondInst baseline: with
+a CondInst checkpoint it is titled so, else it shows S2's pair); S3 takes `rows_per_group` images per group
+(analysis.GROUPS order, each image in one group at most) by the "failure" rule. Groups are the annotations'
+"groups" tags (shapes) or, when no annotation has them (COCO), analysis.assign_groups on the shown images.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import sys
 from collections.abc import Sequence
@@ -36,10 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_util
-from pycocotools.coco import COCO
 
 from .analysis import GROUPS, assign_groups, per_image_iou
-from .data.coco import CocoInstances, collate, split_paths
+from .data.coco import CocoInstances, collate, dataset_files, encode_masks, index_coco, split_paths
 from .evaluate import coco_eval, postprocess, to_coco_results
 from .utils import sha256_file
 from .viz import match_colors, palette, render_instances, to_numpy_image
@@ -58,12 +53,10 @@ RULES = {"S2": "largest gain ours - baseline in per-image ap, then in iou, then 
 
 def select_rows(scores: Sequence[dict], *, rule: str, n: int, group: str | None = None,
                 exclude: Sequence[int] = ()) -> list[int]:
-    """Image ids of the `n` rows that `rule` picks from per-image `scores`.
-
-    scores: [{"image_id", "baseline": s, "ours": s}] with s = {"ap": float | None, "iou": float | None (None =
-    no GT), "group_iou": {group: float}} (a group is present iff the image has GT of it). rule "gain" (S1, S2)
-    or "failure" (S3, needs `group`); see the module docstring. `exclude`: image ids never picked.
-    """
+    """Image ids of the `n` rows that `rule` ("gain": S1, S2; "failure": S3, needs `group`; see RULES) picks
+    from per-image `scores` = [{"image_id", "baseline": s, "ours": s}], s = {"ap": float | None, "iou": float |
+    None (None = no GT), "group_iou": {group: float}} (a group is present iff the image has GT of it).
+    `exclude`: image ids never picked."""
     def gain(r: dict) -> tuple:
         b, o = r["baseline"], r["ours"]
         return -((o["ap"] or 0.0) - (b["ap"] or 0.0)), -(o["iou"] - b["iou"]), r["image_id"]
@@ -124,7 +117,8 @@ def _score(models: dict[str, Any], ds: CocoInstances, indices: Sequence[int], *,
         items = [ds[i] for i in indices[s:s + batch_size]]
         images, padded = collate(items)
         sizes = [t["size"].tolist() for t in padded]
-        outs = {name: postprocess(m(images), sizes, topk=topk, input_size=images.shape[-2:])
+        outs = {name: getattr(m, "postprocess", postprocess)(m(images), sizes, topk=topk,   # the model's own
+                                                             input_size=images.shape[-2:])  # inference if any
                 for name, (m, topk) in models.items()}                                # per image: [k] preds
         for b, (_, t) in enumerate(items):
             iid, crowd = t["image_id"], t["iscrowd"]
@@ -142,9 +136,7 @@ def _score(models: dict[str, Any], ds: CocoInstances, indices: Sequence[int], *,
                              "iou": _mean(best) if len(gt) else None,
                              "group_iou": {g: _mean(best[[g in gs for gs in groups]])
                                            for g in GROUPS if any(g in gs for gs in groups)}}
-                hwp = np.asfortranarray(masks.numpy().transpose(1, 2, 0), np.uint8)   # [H,W,P] for RLE
-                drawn[iid][name] = {"rle": mask_util.encode(hwp) if len(masks) else [],
-                                    "scores": p["scores"][keep].tolist(),
+                drawn[iid][name] = {"rle": encode_masks(masks), "scores": p["scores"][keep].tolist(),
                                     "labels": p["labels"][keep].tolist()}
             scores.append(rec)
         print(f"figures: scored {min(s + batch_size, len(indices))}/{len(indices)} images", file=sys.stderr,
@@ -155,12 +147,8 @@ def _score(models: dict[str, Any], ds: CocoInstances, indices: Sequence[int], *,
 def _tag_groups(ds: CocoInstances, image_ids: Sequence[int]) -> None:
     """Write analysis.assign_groups' groups into the annotations of `image_ids` (COCO has no tags), computed
     on those images alone: the deformed criterion's category medians then come from them too."""
-    sub = COCO()
-    sub.dataset = {"images": [ds.coco.imgs[i] for i in image_ids],
-                   "categories": ds.coco.dataset["categories"],
-                   "annotations": [a for i in image_ids for a in ds.coco.imgToAnns[i]]}
-    with contextlib.redirect_stdout(io.StringIO()):                       # pycocotools prints progress
-        sub.createIndex()
+    sub = index_coco({"images": [ds.coco.imgs[i] for i in image_ids], "categories": ds.coco.dataset["categories"],
+                      "annotations": [a for i in image_ids for a in ds.coco.imgToAnns[i]]})
     for aid, groups in assign_groups(sub).items():
         ds.coco.anns[aid]["groups"] = groups      # the same dicts CocoInstances reads "groups" from
 
@@ -205,14 +193,6 @@ def _rel(path: str | Path) -> str:
     return str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(path)
 
 
-def _val_split(cfg: Any, coco_root: str | Path | None) -> tuple[Path, Path]:
-    if coco_root is not None or cfg.data.root is not None:
-        return split_paths(coco_root or cfg.data.root, cfg.data.val_split if coco_root is None else "val")
-    from .data.shapes import ensure_from_config
-    paths = ensure_from_config(cfg.data)
-    return Path(paths["val_images"]), Path(paths["val_ann"])
-
-
 def make_figures(baseline_ckpt: str | Path, ours_ckpt: str | Path, out_dir: str | Path, *,
                  images: str | Path | None = None, ann: str | Path | None = None, num_images: int = 200,
                  coco_root: str | Path | None = None, rows: int = 4, rows_per_group: int = 2,
@@ -230,7 +210,8 @@ def make_figures(baseline_ckpt: str | Path, ours_ckpt: str | Path, out_dir: str 
     (base, cfg_b), (ours, cfg) = load_model(baseline_ckpt), load_model(ours_ckpt)
     if cfg_b.data != cfg.data:
         print("figures: note: the two checkpoints were trained on different data configs", file=sys.stderr)
-    images, ann = (images, ann) if images is not None else _val_split(cfg, coco_root)
+    if images is None:
+        images, ann = split_paths(coco_root, "val") if coco_root is not None else dataset_files(cfg.data)[1]
     ds = CocoInstances(images, ann)
     indices = list(range(min(num_images, len(ds))))
     if not any("groups" in a for a in ds.coco.dataset["annotations"]):

@@ -14,13 +14,15 @@ def palette(n: int, *, seed: int = 0) -> np.ndarray:
     return np.array([colorsys.hsv_to_rgb(h, 0.85, 0.95) for h in hues]).reshape(n, 3)
 
 
+def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float32)
+
+
 def to_numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
     """[3,H,W] tensor or [H,W,3] array in [0,1] -> [H,W,3] float array."""
-    if torch.is_tensor(image):
-        image = image.detach().float().cpu().numpy()
-        if image.ndim == 3 and image.shape[0] in (1, 3):
-            image = image.transpose(1, 2, 0)
-    image = np.asarray(image, dtype=np.float32)
+    if torch.is_tensor(image) and image.ndim == 3 and image.shape[0] in (1, 3):
+        image = image.permute(1, 2, 0)
+    image = _np(image)
     if image.ndim == 2 or image.shape[-1] == 1:
         image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
     return np.clip(image, 0, 1)
@@ -30,9 +32,9 @@ def render_instances(image, masks, *, colors: np.ndarray | None = None, alpha: f
                      outline: bool = True) -> np.ndarray:
     """Overlay instance masks [K,H,W] (bool) on an image; colour k = colors[k] (default palette(K))."""
     out = to_numpy_image(image).copy()
-    masks = masks.detach().cpu().numpy() if torch.is_tensor(masks) else np.asarray(masks)
+    masks = _np(masks) != 0                                                    # [K,H,W] bool
     colors = palette(len(masks)) if colors is None else np.asarray(colors)
-    for k, m in enumerate(masks.astype(bool)):
+    for k, m in enumerate(masks):
         out[m] = (1 - alpha) * out[m] + alpha * colors[k % len(colors)]
         if outline:
             edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
@@ -44,8 +46,7 @@ def render_heatmap(values: torch.Tensor | np.ndarray, *, cmap: str = "magma", vm
                    vmax: float = 1.0) -> np.ndarray:
     """[H,W] values -> [H,W,3] colours."""
     import matplotlib
-    v = values.detach().float().cpu().numpy() if torch.is_tensor(values) else np.asarray(values, dtype=np.float32)
-    v = np.clip((v - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    v = np.clip((_np(values) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
     return matplotlib.colormaps[cmap](v)[..., :3]
 
 
@@ -55,7 +56,7 @@ def show_grid(panels: Sequence[np.ndarray], *, titles: Sequence[str] | None = No
     import matplotlib.pyplot as plt
     n = len(panels)
     ncols = ncols or n
-    nrows = (n + ncols - 1) // ncols
+    nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -69,14 +70,11 @@ def show_grid(panels: Sequence[np.ndarray], *, titles: Sequence[str] | None = No
     return fig
 
 
-
 def draw_diagram(boxes: dict[str, tuple], arrows: Sequence[tuple], *, size: tuple[float, float] = (12, 5),
                  title: str | None = None):
     """Box-and-arrow diagram (1.8 x 0.72 boxes, data units; the canvas fits the boxes); returns the Figure.
-
     boxes: {key: (x_centre, y_centre, text, colour)}; arrows: (from_key, to_key, label or "", colour).
-    Arrows run between box edges (matplotlib shrinks them to the patches); labels sit at the midpoint.
-    """
+    Arrows run between box edges (matplotlib shrinks them to the patches); labels sit at the midpoint."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
     fig, ax = plt.subplots(figsize=size)
@@ -147,7 +145,7 @@ def render_overlay(image, values: torch.Tensor | np.ndarray, *, cmap: str = "mag
     """A heat map [h,w] (any resolution with the image's aspect; nearest-upsampled) blended over an image
     [3,H,W] or [H,W,3]: out = (1 - alpha * v) * image + alpha * v * colour(v), so v = 0 leaves the image."""
     img = to_numpy_image(image)
-    v = values.detach().float().cpu().numpy() if torch.is_tensor(values) else np.asarray(values, np.float32)
+    v = _np(values)
     ry, rx = img.shape[0] // v.shape[0], img.shape[1] // v.shape[1]
     v = np.repeat(np.repeat(v, ry, 0), rx, 1)[:img.shape[0], :img.shape[1]]                   # [H,W]
     w = alpha * np.clip((v - vmin) / max(vmax - vmin, 1e-12), 0, 1)[..., None]
@@ -181,11 +179,11 @@ def render_pca(features: torch.Tensor, basis: dict[str, torch.Tensor], *,
 def explore(render, **controls):
     """ipywidgets.interact over a pure `render(**values)` that draws a matplotlib figure (its return value is
     not displayed again); controls are ipywidgets or interact abbreviations. Returns the interactive widget.
-    It renders once at once with the initial values; ipywidgets SHOWS (does not raise) a callback's error,
-    so call `render` directly once in a plain cell to test it."""
+    It renders at once with the initial values; ipywidgets SHOWS (does not raise) a callback's error, so call
+    `render` directly once in a plain cell to test it."""
     import ipywidgets as widgets
 
-    def draw(**values) -> None:
+    def draw(**values) -> None:  # drops render's return value, which interact would display again
         render(**values)
 
     return widgets.interact(draw, **controls).widget

@@ -39,14 +39,33 @@ Target = dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------- json
+def index_coco(data: dict | str | os.PathLike) -> COCO:
+    """A pycocotools COCO over a json dict or file, indexed without its progress prints on stdout."""
+    coco = COCO()
+    coco.dataset = data if isinstance(data, dict) else json.loads(Path(data).read_text())
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def encode_masks(masks: torch.Tensor | np.ndarray) -> list[dict]:
+    """Masks [K,H,W] (bool or {0,1}, tensor or array) -> K compressed RLEs (pycocotools, bytes counts)."""
+    m = masks.detach().cpu().numpy() if torch.is_tensor(masks) else np.asarray(masks)
+    return mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8))) if len(m) else []
+
+
+def rle_json(rle: dict) -> dict:
+    """A compressed RLE as it is written to COCO json: {"size": [h, w], "counts": str}."""
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def _read_json(ann_file: str | os.PathLike) -> dict:
     """Load a COCO json and check its top-level structure; ValueError naming the file otherwise."""
     path = Path(ann_file)
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file {path} does not exist")
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict):  # bad file content, not a caller's type error: ValueError like the rest
@@ -57,27 +76,24 @@ def _read_json(ann_file: str | os.PathLike) -> dict:
     return data
 
 
+def _has(entry: Any, *keys: str) -> bool:
+    return isinstance(entry, dict) and all(k in entry for k in keys)
+
+
 def _scan(data: dict, path: Path) -> tuple[list[str], dict[str, list[int]]]:
     """Structural problems (fatal) and degenerate annotations {reason: [ann ids]} (skipped), cheaply."""
-    problems: list[str] = []
     skipped: dict[str, list[int]] = {"polygon_lt_3_points": [], "zero_area": [], "empty_mask": []}
-    imgs = {}
-    for im in data["images"]:
-        if not isinstance(im, dict) or any(k not in im for k in ("id", "file_name", "height", "width")):
-            problems.append(f"{path}: image entry {str(im)[:80]} lacks id/file_name/height/width")
-        else:
-            imgs[im["id"]] = im
-    cat_ids = set()
-    for c in data["categories"]:
-        if not isinstance(c, dict) or "id" not in c:
-            problems.append(f"{path}: category entry {str(c)[:80]} lacks an id")
-        else:
-            cat_ids.add(c["id"])
+    image_keys = ("id", "file_name", "height", "width")
+    problems = [f"{path}: image entry {str(im)[:80]} lacks id/file_name/height/width"
+                for im in data["images"] if not _has(im, *image_keys)]
+    problems += [f"{path}: category entry {str(c)[:80]} lacks an id" for c in data["categories"] if not _has(c, "id")]
+    imgs = {im["id"]: im for im in data["images"] if _has(im, *image_keys)}
+    cat_ids = {c["id"] for c in data["categories"] if _has(c, "id")}
     for ann in data["annotations"]:
-        aid = ann.get("id") if isinstance(ann, dict) else None
-        if aid is None or any(k not in ann for k in ("image_id", "category_id", "segmentation")):
+        if not _has(ann, "id", "image_id", "category_id", "segmentation") or ann["id"] is None:
             problems.append(f"{path}: annotation {str(ann)[:80]} lacks id/image_id/category_id/segmentation")
             continue
+        aid = ann["id"]
         if ann["category_id"] not in cat_ids:
             problems.append(f"{path}: annotation id {aid} has category id {ann['category_id']}, "
                             f"which is not in 'categories'")
@@ -108,9 +124,12 @@ def _rle(ann: dict, h: int, w: int) -> dict:
     segm = ann["segmentation"]
     if isinstance(segm, list):
         return mask_utils.merge(mask_utils.frPyObjects([p for p in segm if len(p) >= 6], h, w))
-    if isinstance(segm["counts"], list):
-        return mask_utils.frPyObjects(segm, h, w)
-    return segm
+    return mask_utils.frPyObjects(segm, h, w) if isinstance(segm["counts"], list) else segm
+
+
+def _missing_text(missing: list[tuple[Any, str]], sep: str) -> str:
+    """'path (image id i)' for the first five (image id, path) pairs, ' ...' when there are more."""
+    return sep.join(f"{p} (image id {i})" for i, p in missing[:5]) + (" ..." if len(missing) > 5 else "")
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -144,8 +163,7 @@ class CocoInstances(torch.utils.data.Dataset):
     Attributes: coco, ids (sorted image ids), cat_ids, contiguous_to_cat_id, cat_id_to_contiguous,
     class_names, num_classes, skipped ({reason: [annotation ids]}).
     check_masks: decode every mask at construction to find empty ones (None: only when the file has at
-    most EAGER_MASK_CHECK_MAX annotations); otherwise they are found, skipped and warned about on load.
-    """
+    most EAGER_MASK_CHECK_MAX annotations); otherwise they are found, skipped and warned about on load."""
 
     def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, *,
                  transforms: Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]] | None = None,
@@ -158,16 +176,12 @@ class CocoInstances(torch.utils.data.Dataset):
             raise ValueError("; ".join(problems[:5]) + more)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image directory {self.image_dir} (for {self.ann_file}) does not exist")
-        self.coco = COCO()
-        self.coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress on stdout
-            self.coco.createIndex()
+        self.coco = index_coco(data)
         self.cat_ids = sorted(self.coco.cats)
         self.contiguous_to_cat_id = list(self.cat_ids)  # label i <-> category id, for results json
         self.cat_id_to_contiguous = {c: i for i, c in enumerate(self.cat_ids)}
         self.class_names = [self.coco.cats[c].get("name", str(c)) for c in self.cat_ids]
-        self.num_classes = len(self.cat_ids)
-        self.ids = sorted(self.coco.imgs)
+        self.num_classes, self.ids = len(self.cat_ids), sorted(self.coco.imgs)
         bad = {a for ids in self.skipped.values() for a in ids}
         if check_masks or (check_masks is None and len(self.coco.anns) <= EAGER_MASK_CHECK_MAX):
             for aid, ann in self.coco.anns.items():
@@ -194,11 +208,9 @@ class CocoInstances(torch.utils.data.Dataset):
 
     def check(self) -> None:
         """Raise FileNotFoundError naming the missing image files (paths and image ids), if any."""
-        missing = self.missing_files()
-        if missing:
-            shown = "; ".join(f"{p} (image id {i})" for i, p in missing[:5])
+        if missing := self.missing_files():
             raise FileNotFoundError(f"{len(missing)} image file(s) listed in {self.ann_file} are missing: "
-                                    f"{shown}{' ...' if len(missing) > 5 else ''}")
+                                    + _missing_text(missing, "; "))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         image_id = self.ids[index]
@@ -214,7 +226,7 @@ class CocoInstances(torch.utils.data.Dataset):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 dec = mask_utils.decode([_rle(a, h, w) for a in anns])  # [h,w,K] uint8
             masks = torch.from_numpy(np.ascontiguousarray(dec.transpose(2, 0, 1))).bool()
-        keep = masks.flatten(1).any(1) if len(anns) else torch.zeros(0, dtype=torch.bool)
+        keep = masks.flatten(1).any(1)                                   # [K]
         if not bool(keep.all()):  # only reachable without the eager mask check (large files)
             dropped = [a["id"] for a, k in zip(anns, keep.tolist()) if not k]
             self.skipped["empty_mask"].extend(dropped)
@@ -224,28 +236,19 @@ class CocoInstances(torch.utils.data.Dataset):
                 warnings.warn(f"{self.ann_file}: annotation(s) {dropped} of image id {image_id} decode to empty "
                               "masks and are skipped (further ones are counted in .skipped without warning)")
             anns, masks = [a for a, k in zip(anns, keep.tolist()) if k], masks[keep]
-        target = {
-            "image_id": int(image_id),
-            "labels": torch.tensor([self.cat_id_to_contiguous[a["category_id"]] for a in anns], dtype=torch.long),
-            "masks": masks,
-            "iscrowd": torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool),
-            "groups": [list(a.get("groups", [])) for a in anns],
-        }
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+        labels = [self.cat_id_to_contiguous[a["category_id"]] for a in anns]
+        target = {"image_id": int(image_id), "labels": torch.tensor(labels, dtype=torch.long), "masks": masks,
+                  "iscrowd": torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool),
+                  "groups": [list(a.get("groups", [])) for a in anns]}
+        return self.transforms(image, target) if self.transforms is not None else (image, target)
 
 
 # ------------------------------------------------------------------------------------ augmentation
 class JointAugment:
-    """Random horizontal flip, scale jitter and optional random crop, one draw for image and masks
-    (torchvision.transforms.v2 on tv_tensors; torch's global RNG, which DataLoader seeds per worker).
-
-    Scale jitter: with `crop_size`, large-scale jitter (resize to fit crop_size x crop_size times s,
-    s ~ U(scale_range)), then a crop_size crop padded with zeros / False where needed; without it, a
-    resize by s relative to the image. Instances whose masks become empty are dropped from labels, masks,
-    iscrowd and groups alike.
-    """
+    """Random horizontal flip, scale jitter and optional random crop, one draw for image and masks (torchvision
+    v2 on tv_tensors; torch's global RNG, which DataLoader seeds per worker). With `crop_size`: large-scale
+    jitter (fit the crop_size box times s ~ U(scale_range)), then a crop_size crop padded with 0 / False;
+    without it, a resize by s. Instances whose masks become empty leave labels, masks, iscrowd and groups."""
 
     def __init__(self, scale_range: tuple[float, float] = (0.8, 1.25), crop_size: int | None = None) -> None:
         from torchvision.transforms import v2
@@ -270,9 +273,8 @@ class JointAugment:
             img, masks = self._crop(img, masks)
         masks = masks.as_subclass(torch.Tensor).bool()
         keep = masks.flatten(1).any(1)
-        out = dict(target)
-        out["masks"], out["labels"], out["iscrowd"] = masks[keep], target["labels"][keep], target["iscrowd"][keep]
-        out["groups"] = [g for g, k in zip(target["groups"], keep.tolist()) if k]
+        out = {**target, "masks": masks[keep], "labels": target["labels"][keep], "iscrowd": target["iscrowd"][keep],
+               "groups": [g for g, k in zip(target["groups"], keep.tolist()) if k]}
         return img.as_subclass(torch.Tensor).clamp_(0.0, 1.0), out
 
 
@@ -283,23 +285,18 @@ def build_augment(data_cfg: Any) -> JointAugment | None:
 
 # ----------------------------------------------------------------------------------------- collate
 def collate(batch: list[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, list[Target]]:
-    """Pad images (0) and masks (False) to the batch max size rounded UP to a multiple of 32.
-
-    Returns images [B,3,Hp,Wp] and targets with masks [K,Hp,Wp] and "size" = tensor([h, w]) (the valid,
-    unpadded size); other keys (e.g. "orig_size") are kept.
-    """
+    """Pad images (0) and masks (False) to the batch max size rounded UP to a multiple of 32. Returns images
+    [B,3,Hp,Wp] and targets with masks [K,Hp,Wp], "size" = tensor([h, w]) (the valid, unpadded size) and
+    their other keys (e.g. "orig_size")."""
     if not batch:
         raise ValueError("collate got an empty batch")
-    hmax, wmax = (max(img.shape[d] for img, _ in batch) for d in (-2, -1))
-    hp, wp = -(-hmax // PAD_MULTIPLE) * PAD_MULTIPLE, -(-wmax // PAD_MULTIPLE) * PAD_MULTIPLE
+    hp, wp = (-(-max(img.shape[d] for img, _ in batch) // PAD_MULTIPLE) * PAD_MULTIPLE for d in (-2, -1))
     images, targets = [], []
     for img, tgt in batch:
         h, w = img.shape[-2:]
         images.append(F.pad(img, (0, wp - w, 0, hp - h)))
-        tgt = dict(tgt)
-        tgt["masks"] = F.pad(tgt["masks"], (0, wp - w, 0, hp - h))  # bool pads with False
-        tgt["size"] = torch.tensor([h, w])
-        targets.append(tgt)
+        targets.append({**tgt, "masks": F.pad(tgt["masks"], (0, wp - w, 0, hp - h)),  # bool pads with False
+                        "size": torch.tensor([h, w])})
     return torch.stack(images), targets
 
 
@@ -311,8 +308,7 @@ def split_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
 
 def coco_instructions(root: str | os.PathLike, splits: tuple[str, ...] = ("train", "val")) -> str:
     """How to download and lay out COCO 2017 under `root`."""
-    tree = "\n".join([f"  {root}/", "    annotations/"]
-                     + [f"      instances_{s}2017.json" for s in splits]
+    tree = "\n".join([f"  {root}/", "    annotations/"] + [f"      instances_{s}2017.json" for s in splits]
                      + [f"    {s}2017/   (*.jpg)" for s in splits])
     return ("Download COCO 2017 (about 20 GB) and unpack it so that the tree is:\n" + tree + "\n"
             f"e.g.  mkdir -p {root} && cd {root} && "
@@ -324,8 +320,7 @@ def require_coco(root: str | os.PathLike, splits: tuple[str, ...] = ("train", "v
     """Cheap start-up check of the layout (folders and annotation files present, folders non-empty);
     RuntimeError with download instructions otherwise. The full per-file check is `check_root`."""
     missing = []
-    for split in splits:
-        img_dir, ann = split_paths(root, split)
+    for img_dir, ann in (split_paths(root, s) for s in splits):
         if not img_dir.is_dir() or next(os.scandir(img_dir), None) is None:
             missing.append(f"{img_dir}/ (missing or empty)")
         if not ann.is_file():
@@ -341,8 +336,8 @@ def check_root(root: str | os.PathLike, splits: tuple[str, ...] = ("train", "val
     out: dict[str, Any] = {"ok": True, "problems": [], "images": 0, "annotations": 0, "splits": {}}
     for split in splits:
         img_dir, ann = split_paths(root, split)
-        info = {"images": 0, "annotations": 0, "missing_files": 0, "unknown_categories": 0, "degenerate": 0}
-        out["splits"][split] = info
+        info = out["splits"][split] = {"images": 0, "annotations": 0, "missing_files": 0, "unknown_categories": 0,
+                                       "degenerate": 0}
         if not img_dir.is_dir():
             out["problems"].append(f"image folder {img_dir} does not exist")
         try:
@@ -354,12 +349,10 @@ def check_root(root: str | os.PathLike, splits: tuple[str, ...] = ("train", "val
         out["problems"] += problems[:20] + [f"{ann}: {len(problems) - 20} more problems"] * (len(problems) > 20)
         cats = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
         unknown = sum(isinstance(a, dict) and a.get("category_id") not in cats for a in data["annotations"])
-        missing = [im for im in data["images"] if isinstance(im, dict) and "file_name" in im
-                   and not os.path.exists(img_dir / im["file_name"])]
+        missing = [(im.get("id"), str(img_dir / im["file_name"])) for im in data["images"]
+                   if _has(im, "file_name") and not os.path.exists(img_dir / im["file_name"])]
         if missing:
-            shown = ", ".join(f"{img_dir / im['file_name']} (image id {im.get('id')})" for im in missing[:5])
-            out["problems"].append(f"{split}: {len(missing)} image file(s) missing: {shown}"
-                                   + (" ..." if len(missing) > 5 else ""))
+            out["problems"].append(f"{split}: {len(missing)} image file(s) missing: {_missing_text(missing, ', ')}")
         info.update(images=len(data["images"]), annotations=len(data["annotations"]), missing_files=len(missing),
                     unknown_categories=unknown, degenerate=sum(len(v) for v in skipped.values()))
         out["images"] += info["images"]
@@ -370,25 +363,29 @@ def check_root(root: str | os.PathLike, splits: tuple[str, ...] = ("train", "val
 
 
 # ---------------------------------------------------------------------------------------- datasets
+def dataset_files(data_cfg: Any) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
+    """((train images, train ann), (val images, val ann)) of a DataConfig: the embedded shapes data when
+    data_cfg.root is None (generated on demand), else COCO 2017's train_split / val_split under data_cfg.root."""
+    if data_cfg.root is not None:
+        return split_paths(data_cfg.root, data_cfg.train_split), split_paths(data_cfg.root, data_cfg.val_split)
+    from iuq_lite.data import shapes
+    paths = shapes.ensure_from_config(data_cfg)
+    return tuple((Path(paths[f"{s}_images"]), Path(paths[f"{s}_ann"])) for s in ("train", "val"))
+
+
 def build_datasets(data_cfg: Any) -> tuple[CocoInstances, CocoInstances]:
-    """(train, val) datasets: the embedded shapes data when data_cfg.root is None (generated on demand),
-    else COCO 2017 under data_cfg.root. Train gets build_augment(data_cfg)."""
-    if data_cfg.root is None:
-        from iuq_lite.data import shapes
-        paths = shapes.ensure_from_config(data_cfg)
-        train = (paths["train_images"], paths["train_ann"])
-        val = (paths["val_images"], paths["val_ann"])
-    else:
+    """(train, val) CocoInstances of dataset_files(data_cfg) (COCO: after require_coco); train gets
+    build_augment(data_cfg)."""
+    if data_cfg.root is not None:
         require_coco(data_cfg.root, (data_cfg.train_split, data_cfg.val_split))
-        train = split_paths(data_cfg.root, data_cfg.train_split)
-        val = split_paths(data_cfg.root, data_cfg.val_split)
-    return (CocoInstances(*train, transforms=build_augment(data_cfg)), CocoInstances(*val))
+    train, val = dataset_files(data_cfg)
+    return CocoInstances(*train, transforms=build_augment(data_cfg)), CocoInstances(*val)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m iuq_lite.data.coco", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    chk = sub.add_parser("check", help="verify a COCO 2017 layout; last stdout line is JSON")
+    chk = parser.add_subparsers(dest="cmd", required=True).add_parser(
+        "check", help="verify a COCO 2017 layout; last stdout line is JSON")
     chk.add_argument("--root", required=True)
     chk.add_argument("--splits", nargs="+", default=["train", "val"])
     args = parser.parse_args(argv)

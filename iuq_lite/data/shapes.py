@@ -3,15 +3,13 @@
     ann = iuq.data.shapes.generate("data/demo", split="val", num_images=100)   # -> data/demo/annotations/...
     paths = iuq.data.shapes.ensure_dataset(num_train=2000, num_val=1000)        # cached, file-locked
 
-Each image holds MANY same-class, same-looking instances (4-14 drawn from 1-3 classes; instances of one class
-in one image share colour and texture; with probability `class_textures` a class wears its dataset-wide
-signature look, so same-class instances also look alike ACROSS images, else a random one, so shape alone must
-tell the class). That is the "query collapse" regime IUQ targets. Instances are painted in depth order over a textured
-background; annotations are the VISIBLE parts as COCO RLE (polygons cannot hold holes), instances left with
-fewer than `min_area` visible pixels are dropped and counted in the json's "info". Each annotation carries an
-extra "groups" list naming the failure groups of the paper's Figure S3 it belongs to (see GROUPS), each driven
-by a seeded probability knob. At 128 px no object reaches COCO's "large" area (> 96^2), so segm/APl is
-reported as None on shapes.
+Each image holds MANY same-class, same-looking instances (4-14 from 1-3 classes; one class shares colour and
+texture within an image, and with probability `class_textures` wears its dataset-wide signature look, else a
+random one, so that shape alone must tell the class): the "query collapse" regime IUQ targets. Instances are
+painted in depth order over a textured background; annotations are the VISIBLE parts as COCO RLE (polygons
+cannot hold holes); instances with fewer than `min_area` visible pixels are dropped (counted in "info"). Each
+annotation's extra "groups" list names its failure groups of the paper's Figure S3 (GROUPS), each driven by a
+seeded probability knob. At 128 px no object is COCO-"large" (> 96^2): segm/APl is None on shapes.
 
 Layout: ROOT/{split}2017/{id:012d}.png, ROOT/annotations/instances_{split}2017.json (and, with stuff=True,
 ROOT/annotations/stuff_{split}2017.json: background regions of STUFF_NAMES, a hook for panoptic work).
@@ -21,6 +19,7 @@ never repeats train, images can be rendered in parallel, and the same arguments 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -38,6 +37,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_util
 from scipy.ndimage import gaussian_filter
+
+from ..utils import sha256_file as _sha256
+from .coco import encode_masks, rle_json, split_paths
 
 GENERATOR_VERSION = "2"
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ellipse")
@@ -144,10 +146,7 @@ def _render(args: tuple) -> tuple[list[dict], list[dict], int]:
     rng = np.random.default_rng([seed, zlib.crc32(split.encode()), index])
     scale = size / 128
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    if k["stuff"]:
-        img, stuff_map = _stuff_background(rng, size, yy, xx)
-    else:
-        img, stuff_map = _background(rng, size, yy, xx), None
+    img, stuff_map = _stuff_background(rng, size, yy, xx) if k["stuff"] else (_background(rng, size, yy, xx), None)
 
     n_cls = int(rng.integers(1, min(k["max_classes_per_image"], k["num_classes"]) + 1))
     classes = rng.choice(k["num_classes"], n_cls, replace=False)
@@ -232,37 +231,29 @@ def _render(args: tuple) -> tuple[list[dict], list[dict], int]:
             covered |= amodal[d]
     keep = [d for d in range(n) if visible[d].sum() >= k["min_area"]]
     anns = []
-    if keep:
-        rles = mask_util.encode(np.asfortranarray(visible[keep].transpose(1, 2, 0).astype(np.uint8)))
-        for d, rle in zip(keep, rles):
-            o = ordered[d]
-            flags = (similar[d].any(), o["complex"], o["small"], o["deformed"], o["transparent"])
-            anns.append(_ann(index + 1, o["cls"] + 1, rle, [g for g, f in zip(GROUPS, flags) if f]))
+    for d, rle in zip(keep, encode_masks(visible[keep])):
+        o = ordered[d]
+        flags = (similar[d].any(), o["complex"], o["small"], o["deformed"], o["transparent"])
+        anns.append(_ann(index + 1, o["cls"] + 1, rle, [g for g, f in zip(GROUPS, flags) if f]))
     stuff_anns = []
-    if stuff_map is not None:
-        things = visible.any(0)
-        for c in np.unique(stuff_map):
-            m = (stuff_map == c) & ~things
-            if m.sum() >= k["min_area"]:
-                rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-                stuff_anns.append(_ann(index + 1, STUFF_ID_OFFSET + int(c) + 1, rle, None))
+    for c in () if stuff_map is None else np.unique(stuff_map):
+        m = (stuff_map == c) & ~visible.any(0)                    # the region's pixels that no thing covers
+        if m.sum() >= k["min_area"]:
+            stuff_anns.append(_ann(index + 1, STUFF_ID_OFFSET + int(c) + 1, encode_masks(m[None])[0]))
     return anns, stuff_anns, n - len(keep)
 
 
-def _ann(image_id: int, cat_id: int, rle: dict, groups: list[str] | None) -> dict:
-    ann = {"image_id": image_id, "category_id": cat_id,
-           "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+def _ann(image_id: int, cat_id: int, rle: dict, groups: list[str] | None = None) -> dict:
+    """One annotation without its id; stuff annotations have no "groups"."""
+    ann = {"image_id": image_id, "category_id": cat_id, "segmentation": rle_json(rle),
            "area": int(mask_util.area(rle)), "bbox": [float(x) for x in mask_util.toBbox(rle)], "iscrowd": 0}
-    if groups is not None:
-        ann["groups"] = groups
-    return ann
+    return ann if groups is None else {**ann, "groups": groups}
 
 
 # ------------------------------------------------------------------------------------------ public API
 def resolve_knobs(knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """DEFAULT_KNOBS updated with `knobs`; unknown names raise TypeError listing the valid ones."""
-    bad = set(knobs or {}) - set(DEFAULT_KNOBS)
-    if bad:
+    if bad := set(knobs or {}) - set(DEFAULT_KNOBS):
         raise TypeError(f"unknown shapes knobs {sorted(bad)}; valid: {', '.join(DEFAULT_KNOBS)}")
     return {**DEFAULT_KNOBS, **(knobs or {})}
 
@@ -276,74 +267,52 @@ def _write_json(obj: Any, path: Path) -> None:
 def generate(root: str | Path, *, split: str, num_images: int, image_size: int = 128, seed: int = 0,
              workers: int | None = None, progress: bool = False, **knobs: Any) -> Path:
     """Write `num_images` images of `split` under ROOT in COCO-2017 layout; return the annotation json path.
-
-    knobs: see DEFAULT_KNOBS. `workers` (default min(2, cpus)) and `progress` (stderr) never change the output.
-    """
+    knobs: see DEFAULT_KNOBS. `workers` (default min(2, cpus)) and `progress` (stderr) never change the output."""
     k = resolve_knobs(knobs)
-    root = Path(root)
-    img_dir, ann_dir = root / f"{split}2017", root / "annotations"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    ann_dir.mkdir(parents=True, exist_ok=True)
+    img_dir, ann_file = split_paths(root, split)
+    for d in (img_dir, ann_file.parent):
+        d.mkdir(parents=True, exist_ok=True)
     jobs = [(str(img_dir), split, i, image_size, seed, k) for i in range(num_images)]
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     anns, stuff, dropped = [], [], 0
     pool = get_context("fork").Pool(workers) if workers > 1 and num_images >= 32 else None
-    try:  # imap keeps image order, so the output does not depend on the worker count
-        results = pool.imap(_render, jobs, chunksize=16) if pool else map(_render, jobs)
-        for i, (a, s, d) in enumerate(results):
+    with pool or contextlib.nullcontext():  # imap keeps image order: the output does not depend on the workers
+        for i, (a, s, d) in enumerate(pool.imap(_render, jobs, chunksize=16) if pool else map(_render, jobs)):
             anns += a
             stuff += s
             dropped += d
             if progress and ((i + 1) % max(1, num_images // 10) == 0 or i + 1 == num_images):
                 print(f"shapes {split}: {i + 1}/{num_images} images", file=sys.stderr, flush=True)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
-    for i, a in enumerate(anns):
-        a["id"] = i + 1
+    for i, a in [*enumerate(anns, 1), *enumerate(stuff, 1)]:  # stuff is empty without the stuff knob
+        a["id"] = i
     images = [{"id": i + 1, "file_name": f"{i + 1:012d}.png", "height": image_size, "width": image_size}
               for i in range(num_images)]
     info = {"description": "iuq_lite procedural shapes", "generator_version": GENERATOR_VERSION,
             "split": split, "seed": seed, "image_size": image_size, "knobs": k, "dropped_instances": dropped}
-    cats = [{"id": c + 1, "name": CLASS_NAMES[c], "supercategory": "shape"} for c in range(k["num_classes"])]
+    head = {"info": info, "licenses": [], "images": images}
     if k["stuff"]:
-        for i, a in enumerate(stuff):
-            a["id"] = i + 1
         stuff_cats = [{"id": STUFF_ID_OFFSET + c + 1, "name": n, "supercategory": "stuff"}
                       for c, n in enumerate(STUFF_NAMES)]
-        _write_json({"info": info, "licenses": [], "images": images, "annotations": stuff,
-                     "categories": stuff_cats}, ann_dir / f"stuff_{split}2017.json")
-    ann_file = ann_dir / f"instances_{split}2017.json"
-    _write_json({"info": info, "licenses": [], "images": images, "annotations": anns, "categories": cats},
-                ann_file)  # written last: its presence means the split is complete
+        _write_json({**head, "annotations": stuff, "categories": stuff_cats},
+                    ann_file.with_name(f"stuff_{split}2017.json"))
+    cats = [{"id": c + 1, "name": CLASS_NAMES[c], "supercategory": "shape"} for c in range(k["num_classes"])]
+    _write_json({**head, "annotations": anns, "categories": cats}, ann_file)  # last: it marks the split complete
     return ann_file
-
-
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def ensure_dataset(*, num_train: int, num_val: int, image_size: int = 128, seed: int = 0,
                    knobs: dict[str, Any] | None = None, cache_dir: str | Path | None = None) -> dict[str, str]:
-    """Generate (once, under a file lock) or reuse `<cache_dir>/shapes-<hash>`; return its paths.
-
-    cache_dir defaults to $IUQ_DATA_DIR or <repo>/data. The hash covers GENERATOR_VERSION and all arguments
-    with knobs resolved against the defaults. Returns {root, train_images, train_ann, val_images, val_ann}.
-    """
+    """Generate (once, under a file lock) or reuse `<cache_dir>/shapes-<hash>`; return its paths
+    {root, train_images, train_ann, val_images, val_ann}. cache_dir defaults to $IUQ_DATA_DIR or <repo>/data.
+    The hash covers GENERATOR_VERSION and all arguments, knobs resolved against the defaults."""
     args = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed,
             "knobs": resolve_knobs(knobs)}
     key = json.dumps({"generator_version": GENERATOR_VERSION, **args}, sort_keys=True)
-    cache = Path(cache_dir or os.environ.get("IUQ_DATA_DIR") or _repo_root() / "data")
+    cache = Path(cache_dir or os.environ.get("IUQ_DATA_DIR") or Path(__file__).resolve().parents[2] / "data")
     root = cache / f"shapes-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     paths = {"root": str(root)}
     for split in ("train", "val"):
-        paths[f"{split}_images"] = str(root / f"{split}2017")
-        paths[f"{split}_ann"] = str(root / "annotations" / f"instances_{split}2017.json")
+        paths[f"{split}_images"], paths[f"{split}_ann"] = map(str, split_paths(root, split))
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f"{root.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
