@@ -43,6 +43,8 @@ STUDIES: dict[str, list[tuple[str, str, dict, tuple]]] = {
         ("full IUQ", "shapes_iuq", {}, SEEDS),
         # the first choice for Eq. 8 (METHOD §4 step 5: no class loss), kept as measured (one seed)
         ("full IUQ, Eq. 8 mask loss only", "shapes_iuq", {"iuq.equi.class_loss": False}, (0,)),
+        # investigation: the equivariance branch trails the baseline at lambda = 3; is lambda the cause?
+        ("full IUQ, lambda 1", "shapes_iuq", {"iuq.equi.weight": 1.0}, (0,)),
     ],
     "equivariance": [   # Table S3 analog: transform family x {augmentation, equivariance}; L_equi only
         *[(f"{name} as {mode}", "shapes",
@@ -135,6 +137,31 @@ def record_uniqueness(name: str) -> dict:
     manifest["query_uniqueness"] = {**{k: v for k, v in u.items() if not torch.is_tensor(v)}, **UNIQUENESS}
     utils.write_json(manifest, CHECKPOINTS / name / "manifest.json")
     return manifest
+
+
+def diagnose(name: str = "main") -> dict:
+    """Mechanism figures for every finished run of study `name` (runs/study/<name>/*/model.pt): the query
+    uniqueness (analysis.query_uniqueness with UNIQUENESS) and the feature equivariance error ||f(g(I)) -
+    g(f(I))|| / ||g(f(I))|| for hflip and crop (analysis.equivariance_errors, 64 val images, seed 0), written to
+    results/<name>_diagnostics.json. They say whether each loss does what it claims, whatever the AP does."""
+    from .analysis import equivariance_errors, query_uniqueness
+    from .data.coco import build_datasets
+    from .train import load_model
+    rows = {run_key(p, s, o): r for r, p, o, seeds in STUDIES[name] for s in seeds}
+    out = []
+    for path in sorted((ROOT / "runs" / "study" / name).glob("*/model.pt")):
+        man = json.loads((path.parent / "manifest.json").read_text())
+        key = run_key(man["preset"], man["seed"], man["overrides"])
+        model, cfg = load_model(path)
+        val = build_datasets(cfg.data)[1]
+        u = query_uniqueness(model, val, **UNIQUENESS)
+        out.append({"row": rows.get(key, path.parent.name), "seed": man["seed"], "segm/AP": man["metrics"]["segm/AP"],
+                    **{k: u[k] for k in ("cross_fire", "cross_fire_same_class", "cross_fire_other_class")},
+                    "equivariance_error": equivariance_errors(model, val, kinds=("hflip", "crop"), num_images=64)})
+    res = {"command": f"python -m iuq_lite.experiments diagnose {name}", "commit": utils.git_commit(),
+           "uniqueness": UNIQUENESS, "runs": out}
+    utils.write_json(res, RESULTS / f"{name}_diagnostics.json")
+    return res
 
 
 def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, rows: list[str] | None = None) -> dict:
@@ -286,12 +313,16 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("name")
     u = sub.add_parser("uniqueness", help="record a committed checkpoint's query uniqueness in its manifest")
     u.add_argument("names", nargs="+")
+    dg = sub.add_parser("diagnose", help="uniqueness + equivariance error of every finished run of a study")
+    dg.add_argument("name", nargs="?", default="main")
     sub.add_parser("table", help="print the results tables and rewrite the README's generated blocks")
     args = ap.parse_args(argv)
     if args.cmd == "demo":
         out: Any = demo(args.iters)
     elif args.cmd == "keep":
         out = {"metrics": keep_checkpoint(Path(args.run_dir), args.name)["metrics"]}
+    elif args.cmd == "diagnose":
+        out = {"runs": len(diagnose(args.name)["runs"])}
     elif args.cmd == "uniqueness":
         out = {n: record_uniqueness(n)["query_uniqueness"] for n in args.names}
     elif args.cmd == "reproduce":
