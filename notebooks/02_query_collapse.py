@@ -37,6 +37,7 @@ THRESHOLD = 0.5              # a pixel "fires" when sigmoid(E . F) > THRESHOLD
 SEED = 0                     # which images are drawn for the pictures and the measurements
 
 # %%
+import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -194,6 +195,23 @@ for name, u in uniq.items():
 better = min(uniq, key=lambda n: uniq[n]["cross_fire"])
 print(f"measured: {better} has the lower cross-image fire "
       f"({uniq['IUQ']['cross_fire'] / uniq['baseline']['cross_fire']:.2f}x the baseline's for IUQ)")
+
+# %% [markdown]
+# **Which loss moves this number?** `python -m iuq_lite.experiments diagnose` measures the same uniqueness
+# (and the feature equivariance error of notebook 04) for every finished run of the main study, one row
+# per loss switched on; `results/main_diagnostics.json` holds what it measured. Read it beside the AP.
+
+# %%
+diag_path = iuq.experiments.RESULTS / "main_diagnostics.json"
+diag = json.loads(diag_path.read_text())["runs"] if diag_path.exists() else []
+print(f"{'row':34s} {'seed':>4s} {'AP':>6s} {'cross_fire':>10s} {'equi err hflip':>14s} {'crop':>6s}")
+for d in sorted(diag, key=lambda d: (d["seed"], d["row"])):
+    e = d["equivariance_error"]
+    print(f"{d['row']:34s} {d['seed']:4d} {d['segm/AP']:6.1f} {d['cross_fire']:10.4f} {e['hflip']:14.3f} "
+          f"{e['crop']:6.3f}")
+    assert 0 <= d["cross_fire"] <= 1 and all(v >= 0 for v in e.values())
+if not diag:
+    print("results/main_diagnostics.json does not exist yet: run `python -m iuq_lite.experiments diagnose`.")
 
 # %% [markdown]
 # The same measurement per query: the distribution of each matched query's mean cross-image fire.
