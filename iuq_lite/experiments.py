@@ -151,7 +151,8 @@ def diagnose(name: str = "main") -> dict:
     out = []
     for path in sorted((ROOT / "runs" / "study" / name).glob("*/model.pt")):
         man = json.loads((path.parent / "manifest.json").read_text())
-        key = run_key(man["preset"], man["seed"], man["overrides"])
+        over = {k: v for k, v in man["overrides"].items() if k not in STUDY_SETTINGS and k != "train.seed"}
+        key = run_key(man["preset"], man["seed"], over)
         model, cfg = load_model(path)
         val = build_datasets(cfg.data)[1]
         u = query_uniqueness(model, val, **UNIQUENESS)
