@@ -41,6 +41,8 @@ STUDIES: dict[str, list[tuple[str, str, dict, tuple]]] = {
         ("inter-scene only", "shapes", {"iuq.inter.enabled": True}, SEEDS),
         ("equivariance only", "shapes", {"iuq.equi.enabled": True}, SEEDS),
         ("full IUQ", "shapes_iuq", {}, SEEDS),
+        # the first choice for Eq. 8 (METHOD §4 step 5: no class loss), kept as measured (one seed)
+        ("full IUQ, Eq. 8 mask loss only", "shapes_iuq", {"iuq.equi.class_loss": False}, (0,)),
     ],
     "equivariance": [   # Table S3 analog: transform family x {augmentation, equivariance}; L_equi only
         *[(f"{name} as {mode}", "shapes",

@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable
 from typing import Any
 
@@ -363,14 +365,11 @@ class IUQCriterion:
         """Unweighted L_equi for this step's g (or the as-augmentation control, see `_augmentation_loss`)."""
         g = self.last_transform = self.draw_transform(step, images.shape[-2:])
         out_g = model(g.image(images))
-        crit = self._augmentation_loss if self.cfg.equi.as_augmentation else self.base.mask_loss
+        # the control and Eq. 8 share one criterion, so the rows differ only in the features (METHOD §4)
+        crit = functools.partial(self.base.mask_loss, with_class=self.cfg.equi.class_loss or
+                                 self.cfg.equi.as_augmentation)
         return equivariance_loss(out_g, self.adapter.features(outputs), targets, g, mask_criterion=crit,
                                  as_augmentation=self.cfg.equi.as_augmentation, adapter=self.adapter)
-
-    def _augmentation_loss(self, outputs: dict, targets_g: list[dict], *, valid=None) -> torch.Tensor:
-        # Table S3 control (our choice): the FULL base loss (class + mask, re-matched) of the final layer only,
-        # like the equivariance branch, on the whole canvas (augmentation trains on the warped image as is).
-        return sum(self.base(outputs, targets_g).values())
 
     # -- public ------------------------------------------------------------------------------------------
     def __call__(self, model: Callable, images: torch.Tensor, targets: list[dict], *, step: int) -> dict:

@@ -237,8 +237,9 @@ class SetCriterion(nn.Module):
         return (losses, _to_original(indices, keeps)) if return_indices else losses
 
     def mask_loss(self, outputs: dict, targets: list[dict], *, valid: torch.Tensor | None = None,
-                  indices: Indices | None = None) -> torch.Tensor:
-        """mask_weight * BCE + dice_weight * dice of the final layer (no class loss), METHOD §4 step 5.
+                  indices: Indices | None = None, with_class: bool = False) -> torch.Tensor:
+        """mask_weight * BCE + dice_weight * dice of the final layer, METHOD §4 step 5 (+ class_weight * CE of
+        the same matching when with_class: iuq.equi.class_loss).
 
         outputs: "pred_logits" [B,Q,K+1] (used by the matcher only), "pred_masks" [B,Q,h,w] logits.
         valid: optional [B,H',W'] bool at any resolution; points outside valid, or outside a target's
@@ -252,7 +253,10 @@ class SetCriterion(nn.Module):
         if indices is None:
             indices = _to_original(self.matcher(outputs, kept), keeps)
         bce, dice = self.mask_terms(outputs["pred_masks"], full, indices, num_masks, valid=valid, use_size=True)
-        return self.cfg.mask_weight * bce + self.cfg.dice_weight * dice
+        loss = self.cfg.mask_weight * bce + self.cfg.dice_weight * dice
+        if with_class:
+            loss = loss + self.cfg.class_weight * self.class_loss(outputs["pred_logits"], full, indices)
+        return loss
 
 
 def _batch_index(indices: Indices, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
