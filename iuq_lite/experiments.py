@@ -43,6 +43,8 @@ STUDIES: dict[str, list[tuple[str, str, dict, tuple]]] = {
         ("full IUQ", "shapes_iuq", {}, SEEDS),
         # the first choice for Eq. 8 (METHOD §4 step 5: no class loss), kept as measured (one seed)
         ("full IUQ, Eq. 8 mask loss only", "shapes_iuq", {"iuq.equi.class_loss": False}, (0,)),
+        # investigation: the equivariance branch trails the baseline at lambda = 3; is lambda the cause?
+        ("full IUQ, lambda 1", "shapes_iuq", {"iuq.equi.weight": 1.0}, (0,)),
     ],
     "equivariance": [   # Table S3 analog: transform family x {augmentation, equivariance}; L_equi only
         *[(f"{name} as {mode}", "shapes",
