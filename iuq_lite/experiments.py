@@ -227,6 +227,16 @@ def summarize(name: str) -> list[dict]:
     return out
 
 
+def table_matches_runs(name: str) -> bool:
+    """Each row's AP in markdown_table(name), recomputed from the raw runs in results/<name>.json (notebooks 03, 04)."""
+    runs, studies = load_results(name)["runs"], {r: (p, o) for r, p, o, _ in STUDIES[name]}
+    lines = markdown_table(name).splitlines()[2:]                   # the table's rows, after header and rule
+    return all(line.split(" | ")[2].startswith(f"{statistics.mean(aps):.1f}")            # column 3 = AP
+               for r, line in zip(summarize(name), lines)
+               for aps in [[x["metrics"]["segm/AP"] for x in runs
+                            if (x["preset"], x["overrides"]) == studies[r["row"]]]])
+
+
 def markdown_table(name: str) -> str:
     rows = summarize(name)
     if not rows:
