@@ -46,10 +46,11 @@ STUDIES: dict[str, list[tuple[str, str, dict, tuple]]] = {
         # investigation: the equivariance branch trails the baseline at lambda = 3; is lambda the cause?
         ("full IUQ, lambda 1", "shapes_iuq", {"iuq.equi.weight": 1.0}, (0,)),
     ],
-    "equivariance": [   # Table S3 analog: transform family x {augmentation, equivariance}; L_equi only
+    "equivariance": [   # Table S3 analog: transform family x {augmentation, equivariance}; L_equi only.
+        # flip+crop is the default family: those two rows have main's overrides, so main's seed-0 runs are reused.
         *[(f"{name} as {mode}", "shapes",
-           {**({"iuq.equi.enabled": True, "iuq.equi.as_augmentation": True} if mode == "augmentation"
-               else {"iuq.equi.enabled": True}), "iuq.equi.kinds": list(kinds)}, (0,))
+           {**(_AUG if mode == "augmentation" else {"iuq.equi.enabled": True}),
+            **({"iuq.equi.kinds": list(kinds)} if len(kinds) > 2 else {})}, (0,))
           for name, kinds in [("flip+crop", ("hflip", "crop")), ("+rotation", ("hflip", "crop", "rotate")),
                               ("+scaling", ("hflip", "crop", "scale")),
                               ("+rotation+scaling", ("hflip", "crop", "rotate", "scale"))]
@@ -58,7 +59,9 @@ STUDIES: dict[str, list[tuple[str, str, dict, tuple]]] = {
     "capacity": [       # Table S4 analog: inter-scene loss with memory capacities (pixels)
         ("none", "shapes", {}, (0,)),
         ("mini-batch only", "shapes", {"iuq.inter.enabled": True, "iuq.inter.capacity": 0}, (0,)),
-        *[(f"{c // 1000}k px", "shapes", {"iuq.inter.enabled": True, "iuq.inter.capacity": c}, (0,))
+        # 20k is the shapes default: that row has main's "inter-scene only" overrides and reuses its seed-0 run
+        *[(f"{c // 1000}k px", "shapes", {"iuq.inter.enabled": True, **({"iuq.inter.capacity": c} if c != 20_000
+                                                                        else {})}, (0,))
           for c in (5_000, 20_000, 50_000)],
     ],
     "condinst": [       # the same IUQ through the generic adapter on a CondInst-style model (Tables S3/S4's base)
@@ -165,6 +168,16 @@ def diagnose(name: str = "main") -> dict:
     return res
 
 
+def _recorded_elsewhere(name: str, preset: str, seed: int, over: dict) -> dict | None:
+    """The record of this exact run in another study's results (e.g. Table S4's "none" = main's baseline)."""
+    key = run_key(preset, seed, over)
+    for other in STUDIES:
+        for r in load_results(other)["runs"] if other != name else []:
+            if run_key(r["preset"], r["seed"], r["overrides"]) == key:
+                return {**r, "reused_from": f"results/{other}.json"}
+    return None
+
+
 def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, rows: list[str] | None = None) -> dict:
     """Run every missing (experiment, row, seed); several processes may run this at once (per-run locks)."""
     import fcntl
@@ -178,6 +191,11 @@ def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, row
                 if (seeds is not None and seed not in seeds) or (rows and row not in rows):
                     continue
                 if run_key(preset, seed, over) in have:
+                    continue
+                if (rec := _recorded_elsewhere(name, preset, seed, over)) is not None:   # same run, another study
+                    res = load_results(name)
+                    res["runs"].append({**rec, "row": row})
+                    utils.write_json(res, RESULTS / f"{name}.json")
                     continue
                 slug = "".join(ch if ch.isalnum() else "_" for ch in row).strip("_")
                 out = ROOT / "runs" / "study" / name / f"{slug}_s{seed}"

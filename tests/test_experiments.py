@@ -31,3 +31,16 @@ def test_every_study_row_is_a_valid_config():
         for _, preset, over, seeds in rows:
             iuq.config.from_preset(preset, {**over, **ex.STUDY_SETTINGS})
             assert seeds
+
+
+def test_reproduce_reuses_a_run_recorded_by_another_study(tmp_path, monkeypatch):
+    """Table S4's "none" row is main's baseline run: reproduce copies its record instead of training again."""
+    monkeypatch.setattr(ex, "RESULTS", tmp_path)
+    monkeypatch.setattr(ex, "STUDIES", {"main": [("baseline", "shapes", {}, (0,))],
+                                        "capacity": [("none", "shapes", {}, (0,))]})
+    rec = {"row": "baseline", "preset": "shapes", "seed": 0, "overrides": {}, "metrics": {"segm/AP": 20.0}}
+    (tmp_path / "main.json").write_text(json.dumps({"command": "x", "commit": None, "runs": [rec]}))
+    monkeypatch.setattr(ex, "run_one", lambda *a, **k: pytest.fail("trained a run that was already recorded"))
+    ex.reproduce(only=["capacity"])
+    runs = ex.load_results("capacity")["runs"]
+    assert [(r["row"], r["metrics"]["segm/AP"], r["reused_from"]) for r in runs] == [("none", 20.0, "results/main.json")]
