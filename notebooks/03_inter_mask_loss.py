@@ -284,7 +284,8 @@ with torch.no_grad():
 
 # %%
 for row, preset, overrides, seeds in iuq.experiments.STUDIES["capacity"]:
-    print(f"{row:16s} {preset:8s} seeds {list(seeds)} {overrides}")
+    inter = iuq.config.from_preset(preset, overrides).iuq.inter
+    print(f"{row:16s} {preset:8s} seeds {list(seeds)} inter-scene loss {inter.enabled}, capacity {inter.capacity}")
 results = iuq.experiments.load_results("capacity")
 table = iuq.experiments.markdown_table("capacity")
 if not results["runs"]:
@@ -298,17 +299,18 @@ else:
 
 # %%
 rows = iuq.experiments.summarize("capacity")
-studies = {row: (preset, over) for row, preset, over, _ in iuq.experiments.STUDIES["capacity"]}
+capacity = {row: iuq.config.from_preset(preset, over).iuq.inter.capacity        # rows with the inter loss
+            for row, preset, over, _ in iuq.experiments.STUDIES["capacity"] if over}
 assert iuq.experiments.table_matches_runs("capacity")            # each row's AP recomputed from the runs
 if rows:
-    pts = [(studies[r["row"]][1].get("iuq.inter.capacity", 0), r) for r in rows if studies[r["row"]][1]]
+    pts = sorted(((capacity[r["row"]], r) for r in rows if r["row"] in capacity), key=lambda t: t[0])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3))
     for ax, key in zip(axes, ("AP", "step s")):
         ys = [r["metrics"]["segm/AP"][0] if key == "AP" else r["step_s"] for _, r in pts]
         ax.plot([c for c, _ in pts], ys, "o-")
         ax.set_xlabel("memory capacity (pixels)")
         ax.set_ylabel(key)
-    base = next((r for r in rows if not studies[r["row"]][1]), None)
+    base = next((r for r in rows if r["row"] not in capacity), None)
     if base is not None:
         axes[0].axhline(base["metrics"]["segm/AP"][0], color="k", ls=":", label="no inter-scene loss")
         axes[0].legend()

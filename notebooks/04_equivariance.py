@@ -283,7 +283,7 @@ assert torch.allclose(out_g["pred_masks"], torch.einsum("bqc,bchw->bqhw", E_g, o
 
 # %%
 for row, preset, overrides, seeds in iuq.experiments.STUDIES["equivariance"]:
-    print(f"{row:34s} {preset} seeds {list(seeds)} kinds {overrides['iuq.equi.kinds']}")
+    print(f"{row:34s} {preset} seeds {list(seeds)} kinds {iuq.config.from_preset(preset, overrides).iuq.equi.kinds}")
 results = iuq.experiments.load_results("equivariance")
 table = iuq.experiments.markdown_table("equivariance")
 if not results["runs"]:
