@@ -64,6 +64,10 @@ STUDIES: dict[str, list[tuple[str, str, dict, tuple]]] = {
                                                                         else {})}, (0,))
           for c in (5_000, 20_000, 50_000)],
     ],
+    "schedule": [       # investigation: IUQ trails the baseline at 1,500 steps; does a longer schedule close it?
+        ("baseline, 3000 steps", "shapes", {"train.iters": 3000}, (0,)),
+        ("full IUQ, 3000 steps", "shapes_iuq", {"train.iters": 3000}, (0,)),
+    ],
     "condinst": [       # the same IUQ through the generic adapter on a CondInst-style model (Tables S3/S4's base)
         ("baseline", "shapes_condinst", {}, SEEDS),
         ("full IUQ", "shapes_condinst_iuq", {}, SEEDS),
