@@ -3,6 +3,7 @@
     python -m iuq_lite.bench inter-loss      # fused inter-scene loss vs the bare einsum, time and memory
     python -m iuq_lite.bench gpu             # CUDA: coco_r50 training images/s/GPU and peak memory, +/- IUQ
     python -m iuq_lite.bench step [--preset shapes_condinst] [--steps 10 --rounds 4 --warmup 50]
+    python -m iuq_lite.bench step --study capacity   # every row of a study (Table S4 analog's step times)
 
 BENCHMARKS maps a name to a function returning a JSON-able dict; add entries there.
 Timings are medians of alternating runs after warm-up, in one process, so load from other processes hits
@@ -204,19 +205,26 @@ def _step_setup(preset: str, overrides: dict):
     return step
 
 
-def bench_step(steps: int = 10, rounds: int = 4, preset: str = "shapes", warmup: int = 50) -> dict:
-    """Training step time of a baseline preset (`shapes`): baseline vs inter-only vs full IUQ (METHOD §5).
+def bench_step(steps: int = 10, rounds: int = 4, preset: str = "shapes", warmup: int = 50,
+               study: str | None = None) -> dict:
+    """Training step time of a baseline preset (`shapes`): baseline vs inter-only vs full IUQ (METHOD §5);
+    with `study`, of every row of experiments.STUDIES[study] instead (e.g. "capacity": Table S4's step times).
 
     Rounds alternate the variants (each `steps` steps after a warm-up that also fills the pixel memory), so
-    load from other processes hits every variant alike; median seconds per step over rounds.
+    load from other processes hits every variant alike; median seconds per step over rounds. Ratios are
+    relative to the first variant.
     """
-    variants = {"baseline": {}, "inter-only": {"iuq.inter.enabled": True},
-                "equi-only": {"iuq.equi.enabled": True},
-                "full IUQ": {"iuq.inter.enabled": True, "iuq.equi.enabled": True}}
-    fns = {name: _step_setup(preset, over) for name, over in variants.items()}
+    if study is None:
+        variants = {"baseline": (preset, {}), "inter-only": (preset, {"iuq.inter.enabled": True}),
+                    "equi-only": (preset, {"iuq.equi.enabled": True}),
+                    "full IUQ": (preset, {"iuq.inter.enabled": True, "iuq.equi.enabled": True})}
+    else:
+        from .experiments import STUDIES
+        variants = {row: (p, over) for row, p, over, _ in STUDIES[study]}
+    fns = {name: _step_setup(*pre_over) for name, pre_over in variants.items()}
     for name, fn in fns.items():      # warm-up; the memory reaches capacity (20k px) after ~40 steps
         _log(f"warm-up {name}")
-        for _ in range(warmup if "inter" in name or "full" in name else 5):
+        for _ in range(warmup if variants[name][1] else 5):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(rounds):
@@ -227,11 +235,13 @@ def bench_step(steps: int = 10, rounds: int = 4, preset: str = "shapes", warmup:
             times[name].append((time.perf_counter() - t0) / steps)
         _log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms" for k, v in times.items()))
     med = {k: statistics.median(v) for k, v in times.items()}
-    base = med["baseline"]
-    return {"preset": preset, "threads": torch.get_num_threads(),
-            "step_s": {k: round(v, 4) for k, v in med.items()},
-            "ratio_vs_baseline": {k: round(v / base, 3) for k, v in med.items()},
-            "inter_only_target": 1.10, "inter_only_ok": med["inter-only"] / base <= 1.10}
+    base = next(iter(med.values()))
+    out = {"preset": preset if study is None else f"study {study}", "threads": torch.get_num_threads(),
+           "step_s": {k: round(v, 4) for k, v in med.items()},
+           "ratio_vs_baseline": {k: round(v / base, 3) for k, v in med.items()}}
+    if study is None:
+        out.update(inter_only_target=1.10, inter_only_ok=med["inter-only"] / base <= 1.10)
+    return out
 
 
 def bench_infer(shapes_batches: int = 10, coco_runs: int = 3) -> dict:
@@ -349,11 +359,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in BENCHMARKS or (argv[0] != "step" and len(argv) != 1):
         raise SystemExit(f"usage: python -m iuq_lite.bench NAME   (NAME in: {', '.join(BENCHMARKS)}); "
-                         "step also takes --preset P --steps N --rounds R --warmup W")
+                         "step also takes --preset P --study S --steps N --rounds R --warmup W")
     if argv[0] == "step":
         import argparse
         p = argparse.ArgumentParser(prog="python -m iuq_lite.bench step")
         p.add_argument("--preset", default="shapes")
+        p.add_argument("--study", default=None, help="time every row of this experiments study instead")
         for name, default in (("steps", 10), ("rounds", 4), ("warmup", 50)):
             p.add_argument(f"--{name}", type=int, default=default)
         print(json.dumps(bench_step(**vars(p.parse_args(argv[1:])))))

@@ -20,3 +20,13 @@ def test_gpu_bench_without_cuda_says_so_and_exits_0():
 def test_gpu_step_figures_run_on_a_tiny_preset():
     out = bench.gpu_step_figures("tiny_iuq", device=torch.device("cpu"), batch=2, size=64, steps=1, warmup=1)
     assert out["images_per_s"] > 0 and out["peak_gib"] is None
+
+
+def test_step_bench_times_every_row_of_a_study(monkeypatch):
+    from iuq_lite import experiments
+    monkeypatch.setitem(experiments.STUDIES, "_t", [("none", "tiny", {}, (0,)),
+                                                     ("mini-batch only", "tiny", {"iuq.inter.enabled": True,
+                                                                                  "iuq.inter.capacity": 0}, (0,))])
+    out = bench.bench_step(steps=1, rounds=1, warmup=1, study="_t")
+    assert list(out["step_s"]) == ["none", "mini-batch only"] and out["ratio_vs_baseline"]["none"] == 1.0
+    assert all(v > 0 for v in out["step_s"].values()) and "inter_only_ok" not in out
