@@ -259,13 +259,25 @@ def table_matches_runs(name: str) -> bool:
                             if (x["preset"], x["overrides"]) == studies[r["row"]]]])
 
 
+def paired_deltas(name: str, metric: str = "segm/AP") -> dict[str, dict[int, float]]:
+    """{row: {seed: metric(row, seed) - metric(first row, seed)}} over the seeds both rows have: the per-seed
+    (paired) differences to the study's first row (its baseline), which share initialisation and data order."""
+    runs, study = load_results(name)["runs"], STUDIES[name]
+    per = {row: {r["seed"]: r["metrics"][metric] for r in runs if (r["preset"], r["overrides"]) == (p, o)}
+           for row, p, o, _ in study}
+    ref = per[study[0][0]]
+    return {row: {s: v - ref[s] for s, v in sorted(vals.items()) if s in ref} for row, vals in per.items()
+            if row != study[0][0] and vals}
+
+
 def markdown_table(name: str) -> str:
     rows = summarize(name)
     if not rows:
         return f"*(no results yet for `{name}`: run `make reproduce`)*"
     groups = sorted({k.split("@")[1] for r in rows for k in r["metrics"] if "@" in k})
+    deltas = paired_deltas(name)
     head = ["row", "seeds", *[c.split("/")[1] for c in METRIC_COLS], *[f"AP@{g}" for g in groups],
-            "step s", "peak MB"]
+            "step s", "peak MB", f"ΔAP vs {STUDIES[name][0][0]} per seed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         def fmt(k: str) -> str:
@@ -274,7 +286,8 @@ def markdown_table(name: str) -> str:
             m, s = r["metrics"][k]
             return f"{m:.1f} ± {s:.1f}" if r["n"] > 1 else f"{m:.1f}"
         cells = [r["row"], str(r["n"]), *[fmt(c) for c in METRIC_COLS], *[fmt(f"segm/AP@{g}") for g in groups],
-                 f"{r['step_s']:.3f}" if r["step_s"] else "–", f"{r['peak_mb']:.0f}" if r["peak_mb"] else "–"]
+                 f"{r['step_s']:.3f}" if r["step_s"] else "–", f"{r['peak_mb']:.0f}" if r["peak_mb"] else "–",
+                 ", ".join(f"{d:+.1f} (s{sd})" for sd, d in deltas.get(r["row"], {}).items()) or "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

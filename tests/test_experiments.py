@@ -26,6 +26,17 @@ def test_summary_means_and_sds(tmp_path, monkeypatch):
     assert "12.0 ± 2.0" in ex.markdown_table("main")
 
 
+def test_paired_deltas_use_the_seeds_both_rows_have(tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "RESULTS", tmp_path)
+    monkeypatch.setitem(ex.STUDIES, "_t", [("base", "shapes", {}, (0, 1)), ("ours", "shapes_iuq", {}, (0, 1, 2))])
+    runs = [{"preset": p, "seed": s, "overrides": {}, "metrics": {"segm/AP": ap}}
+            for p, s, ap in [("shapes", 0, 10.0), ("shapes", 1, 12.0), ("shapes_iuq", 0, 11.5),
+                             ("shapes_iuq", 1, 11.0), ("shapes_iuq", 2, 30.0)]]
+    (tmp_path / "_t.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
+    assert ex.paired_deltas("_t") == {"ours": {0: pytest.approx(1.5), 1: pytest.approx(-1.0)}}
+    assert "+1.5 (s0), -1.0 (s1)" in ex.markdown_table("_t")
+
+
 def test_every_study_row_is_a_valid_config():
     for rows in ex.STUDIES.values():
         for _, preset, over, seeds in rows:
