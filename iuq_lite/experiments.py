@@ -182,6 +182,24 @@ def _recorded_elsewhere(name: str, preset: str, seed: int, over: dict) -> dict |
     return None
 
 
+def _append(name: str, rec: dict, *, commit: bool = True) -> bool:
+    """Append a run record to results/<name>.json unless its run is already there (False then). Holds an
+    exclusive lock over the read-check-write: two `reproduce` processes may finish (or reuse) at once."""
+    import fcntl
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        res = load_results(name)
+        key = run_key(rec["preset"], rec["seed"], rec["overrides"])
+        if key in {run_key(r["preset"], r["seed"], r["overrides"]) for r in res["runs"]}:
+            return False
+        res["runs"].append(rec)
+        if commit:
+            res["commit"] = utils.git_commit()
+        utils.write_json(res, RESULTS / f"{name}.json")
+    return True
+
+
 def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, rows: list[str] | None = None) -> dict:
     """Run every missing (experiment, row, seed); several processes may run this at once (per-run locks)."""
     import fcntl
@@ -197,9 +215,7 @@ def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, row
                 if run_key(preset, seed, over) in have:
                     continue
                 if (rec := _recorded_elsewhere(name, preset, seed, over)) is not None:   # same run, another study
-                    res = load_results(name)
-                    res["runs"].append({**rec, "row": row})
-                    utils.write_json(res, RESULTS / f"{name}.json")
+                    _append(name, {**rec, "row": row}, commit=False)
                     continue
                 slug = "".join(ch if ch.isalnum() else "_" for ch in row).strip("_")
                 out = ROOT / "runs" / "study" / name / f"{slug}_s{seed}"
@@ -210,13 +226,8 @@ def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, row
                 except BlockingIOError:      # another `reproduce` process is running it
                     continue
                 rec = {"row": row, **run_one(preset, seed, over, out, extra=STUDY_SETTINGS)}
-                if run_key(preset, seed, over) in {run_key(r["preset"], r["seed"], r["overrides"])
-                                                   for r in load_results(name)["runs"]}:
+                if not _append(name, rec):
                     continue                 # finished meanwhile by another process
-                res = load_results(name)       # re-read: another process may have appended meanwhile
-                res["runs"].append(rec)
-                res["commit"] = utils.git_commit()
-                utils.write_json(res, RESULTS / f"{name}.json")
                 if (name, row, seed) in KEEP:
                     keep_checkpoint(out, KEEP[(name, row, seed)])
                 lock.close()

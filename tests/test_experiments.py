@@ -55,3 +55,5 @@ def test_reproduce_reuses_a_run_recorded_by_another_study(tmp_path, monkeypatch)
     ex.reproduce(only=["capacity"])
     runs = ex.load_results("capacity")["runs"]
     assert [(r["row"], r["metrics"]["segm/AP"], r["reused_from"]) for r in runs] == [("none", 20.0, "results/main.json")]
+    # a second process that saw the same stale state appends nothing (the check runs under the results lock)
+    assert not ex._append("capacity", {**rec, "row": "none"}) and len(ex.load_results("capacity")["runs"]) == 1
