@@ -81,6 +81,16 @@ def run_key(preset: str, seed: int, overrides: dict) -> str:
     return json.dumps([preset, seed, overrides], sort_keys=True)
 
 
+def record_key(rec: dict) -> str:
+    """run_key of a results/*.json run record."""
+    return run_key(rec["preset"], rec["seed"], rec["overrides"])
+
+
+def row_runs(runs: list[dict], preset: str, overrides: dict) -> list[dict]:
+    """The run records of one study row (every seed): same preset and overrides."""
+    return [r for r in runs if r["preset"] == preset and r["overrides"] == overrides]
+
+
 def load_results(name: str) -> dict:
     path = RESULTS / f"{name}.json"
     if path.exists():
@@ -177,7 +187,7 @@ def _recorded_elsewhere(name: str, preset: str, seed: int, over: dict) -> dict |
     key = run_key(preset, seed, over)
     for other in STUDIES:
         for r in load_results(other)["runs"] if other != name else []:
-            if run_key(r["preset"], r["seed"], r["overrides"]) == key:
+            if record_key(r) == key:
                 return {**r, "reused_from": f"results/{other}.json"}
     return None
 
@@ -190,8 +200,7 @@ def _append(name: str, rec: dict, *, commit: bool = True) -> bool:
     with open(RESULTS / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         res = load_results(name)
-        key = run_key(rec["preset"], rec["seed"], rec["overrides"])
-        if key in {run_key(r["preset"], r["seed"], r["overrides"]) for r in res["runs"]}:
+        if record_key(rec) in {record_key(r) for r in res["runs"]}:
             return False
         res["runs"].append(rec)
         if commit:
@@ -207,7 +216,7 @@ def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, row
     for name in STUDIES:
         if only and name not in only:
             continue
-        have = {run_key(r["preset"], r["seed"], r["overrides"]) for r in load_results(name)["runs"]}
+        have = {record_key(r) for r in load_results(name)["runs"]}
         for row, preset, over, row_seeds in STUDIES[name]:
             for seed in row_seeds:
                 if (seeds is not None and seed not in seeds) or (rows and row not in rows):
@@ -244,7 +253,7 @@ def summarize(name: str) -> list[dict]:
     res = load_results(name)
     out = []
     for row, preset, over, _ in STUDIES[name]:
-        runs = [r for r in res["runs"] if r["preset"] == preset and r["overrides"] == over]
+        runs = row_runs(res["runs"], preset, over)
         if not runs:
             continue
         keys = sorted({k for r in runs for k, v in r["metrics"].items() if v is not None})
@@ -266,16 +275,14 @@ def table_matches_runs(name: str) -> bool:
     lines = markdown_table(name).splitlines()[2:]                   # the table's rows, after header and rule
     return all(line.split(" | ")[2].startswith(f"{statistics.mean(aps):.1f}")            # column 3 = AP
                for r, line in zip(summarize(name), lines)
-               for aps in [[x["metrics"]["segm/AP"] for x in runs
-                            if (x["preset"], x["overrides"]) == studies[r["row"]]]])
+               for aps in [[x["metrics"]["segm/AP"] for x in row_runs(runs, *studies[r["row"]])]])
 
 
 def paired_deltas(name: str, metric: str = "segm/AP") -> dict[str, dict[int, float]]:
     """{row: {seed: metric(row, seed) - metric(first row, seed)}} over the seeds both rows have: the per-seed
     (paired) differences to the study's first row (its baseline), which share initialisation and data order."""
     runs, study = load_results(name)["runs"], STUDIES[name]
-    per = {row: {r["seed"]: r["metrics"][metric] for r in runs if (r["preset"], r["overrides"]) == (p, o)}
-           for row, p, o, _ in study}
+    per = {row: {r["seed"]: r["metrics"][metric] for r in row_runs(runs, p, o)} for row, p, o, _ in study}
     ref = per[study[0][0]]
     return {row: {s: v - ref[s] for s, v in sorted(vals.items()) if s in ref} for row, vals in per.items()
             if row != study[0][0] and vals}
