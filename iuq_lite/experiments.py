@@ -11,6 +11,7 @@ be spread over several sessions. Timing figures (step_s) are only meaningful on 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import statistics
@@ -73,8 +74,9 @@ STUDIES: dict[str, list[tuple[str, str, dict, tuple]]] = {
         ("full IUQ", "shapes_condinst_iuq", {}, SEEDS),
     ],
 }
-# Run folders whose weights the notebooks load (fp16, <= 10 MB): checkpoints/<preset>_s<seed>/
-KEEP = {("main", "baseline", 0): "shapes_s0", ("main", "full IUQ", 0): "shapes_iuq_s0"}
+# Run folders whose weights the notebooks and figures load (fp16, <= 10 MB): checkpoints/<preset>_s<seed>/
+KEEP = {("main", "baseline", 0): "shapes_s0", ("main", "full IUQ", 0): "shapes_iuq_s0",
+        ("condinst", "baseline", 0): "shapes_condinst_s0", ("condinst", "full IUQ", 0): "shapes_condinst_iuq_s0"}
 
 
 def run_key(preset: str, seed: int, overrides: dict) -> str:
@@ -121,7 +123,8 @@ def run_one(preset: str, seed: int, overrides: dict, out: Path, *, extra: dict |
 def keep_checkpoint(run_dir: Path, name: str, *, threads: int = 2) -> dict:
     """Copy a run's weights as fp16 (<= 10 MB) into checkpoints/<name>/ with its manifest, whose "metrics" are
     re-measured on the fp16 weights (the training-time fp32 figures stay as "metrics_fp32"), so that
-    re-evaluating the committed file reproduces them (tests/test_checkpoints.py, |dAP| <= 0.1)."""
+    re-evaluating the committed file reproduces them (tests/test_checkpoints.py, |dAP| <= 0.1). Query
+    uniqueness (dot-product mask embeddings) is recorded for Mask2Former-style models only."""
     from .data.coco import build_datasets
     from .evaluate import evaluate
     from .train import load_model
@@ -137,7 +140,7 @@ def keep_checkpoint(run_dir: Path, name: str, *, threads: int = 2) -> dict:
     manifest["model_sha256"] = utils.sha256_file(dst / "model.pt")
     manifest["eval_threads"] = threads
     utils.write_json(manifest, dst / "manifest.json")
-    return record_uniqueness(name)
+    return record_uniqueness(name) if cfg.model.name != "condinst" else manifest
 
 
 UNIQUENESS = {"num_images": 50, "threshold": 0.5, "seed": 0}   # notebook 02 re-measures with these
@@ -195,7 +198,6 @@ def _recorded_elsewhere(name: str, preset: str, seed: int, over: dict) -> dict |
 def _append(name: str, rec: dict, *, commit: bool = True) -> bool:
     """Append a run record to results/<name>.json unless its run is already there (False then). Holds an
     exclusive lock over the read-check-write: two `reproduce` processes may finish (or reuse) at once."""
-    import fcntl
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -211,7 +213,6 @@ def _append(name: str, rec: dict, *, commit: bool = True) -> bool:
 
 def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, rows: list[str] | None = None) -> dict:
     """Run every missing (experiment, row, seed); several processes may run this at once (per-run locks)."""
-    import fcntl
     done: dict[str, int] = {}
     for name in STUDIES:
         if only and name not in only:
@@ -261,11 +262,9 @@ def summarize(name: str) -> list[dict]:
         for k in keys:
             vals = [r["metrics"][k] for r in runs if r["metrics"].get(k) is not None]
             agg[k] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
-        steps = [r["step_s"] for r in runs if r.get("step_s")]
-        peaks = [r["peak_mb"] for r in runs if r.get("peak_mb")]
+        steps, peaks = ([r[k] for r in runs if r.get(k)] for k in ("step_s", "peak_mb"))
         out.append({"row": row, "n": len(runs), "metrics": agg, "seeds": sorted(r["seed"] for r in runs),
-                    "step_s": statistics.mean(steps) if steps else None,
-                    "peak_mb": max(peaks) if peaks else None})
+                    "step_s": statistics.mean(steps) if steps else None, "peak_mb": max(peaks) if peaks else None})
     return out
 
 
@@ -317,8 +316,7 @@ def readme_block(name: str) -> str:
 def update_readme(path: Path = ROOT / "README.md") -> bool:
     """Rewrite the README's generated results blocks from results/*.json; True when something changed."""
     import re
-    text = path.read_text()
-    new = text
+    text = new = path.read_text()
     for name in STUDIES:
         new = re.sub(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", lambda _m: readme_block(name), new,
                      flags=re.S)
@@ -366,8 +364,7 @@ def demo_table(metrics: dict, iters: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo")
-    d.add_argument("--iters", type=int, default=None)
+    sub.add_parser("demo").add_argument("--iters", type=int, default=None)
     r = sub.add_parser("reproduce")
     r.add_argument("--only", nargs="*", default=None, choices=list(STUDIES))
     r.add_argument("--seeds", nargs="*", type=int, default=None)

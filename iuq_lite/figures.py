@@ -3,7 +3,8 @@
     paths = iuq.figures.make_figures("checkpoints/shapes_s0/model.pt", "checkpoints/shapes_iuq_s0/model.pt",
                                      "figures")          # [S1.png, S2.png, S3.png]; S1.json ... beside them
 
-    python -m iuq_lite.figures --out figures/ [--baseline P --ours P] [--coco-root DIR] [--num-images N]
+    python -m iuq_lite.figures --out figures/ [--baseline P --ours P] [--s1-baseline P --s1-ours P]
+                               [--coco-root DIR] [--num-images N]
         -> last stdout line {"figures": [paths]}
 
 Every row is image | baseline | ours | ground truth. A prediction is drawn when its score >= score_threshold
@@ -14,8 +15,9 @@ SELECTION RULE (RULES, also written into each figure's JSON; no hand-picked indi
 Per image and model: `ap` = COCO mask AP of its top-k predictions on that image alone (evaluate.coco_eval),
 `iou` = mean over the non-crowd GT instances of the best IoU of a DRAWN prediction (0 when missed), and
 `group_iou[g]` = the same mean over the instances of failure group g. Images without GT are never shown.
-S2 and then S1 take `rows` images each from the "gain" ranking (the paper's S1 has a CondInst baseline: with
-a CondInst checkpoint it is titled so, else it shows S2's pair); S3 takes `rows_per_group` images per group
+S2 takes `rows` images from the "gain" ranking. S1 is the paper's CondInst figure: given a CondInst pair
+(`s1_pair`: CondInst baseline and CondInst + IUQ checkpoints) it takes the top `rows` of that pair's own gain
+ranking, else the next `rows` of S2's ranking (S2's pair, so titled); S3 takes `rows_per_group` images per group
 (analysis.GROUPS order, each image in one group at most) by the "failure" rule. Groups are the annotations'
 "groups" tags (shapes) or, when no annotation has them (COCO), analysis.assign_groups on the shown images.
 """
@@ -46,7 +48,9 @@ GROUP_TITLES = {"occluded_similar": "(i) highly similar and occluded",
                 "deformed": "(iv) highly deformed", "transparent": "(v) transparent"}
 MODEL_NAMES = {"mask2former": "Mask2Former", "condinst": "CondInst"}
 RULES = {"S2": "largest gain ours - baseline in per-image ap, then in iou, then lowest image id",
-         "S1": "the next rows of the S2 ranking (disjoint from S2), until the CondInst model exists",
+         "S1": "the next rows of the S2 ranking (disjoint from S2): no CondInst pair was given",
+         "S1 CondInst": "largest gain of CondInst + IUQ over CondInst in per-image ap, then in iou, then lowest "
+                        "image id (the S2 rule on the CondInst pair)",
          "S3": "per group, images with GT of the group: baseline group_iou < 0.5 first, then ours' group_iou "
                "ascending, baseline's ascending, image id; each image in one group at most"}
 
@@ -196,52 +200,66 @@ def _rel(path: str | Path) -> str:
 def make_figures(baseline_ckpt: str | Path, ours_ckpt: str | Path, out_dir: str | Path, *,
                  images: str | Path | None = None, ann: str | Path | None = None, num_images: int = 200,
                  coco_root: str | Path | None = None, rows: int = 4, rows_per_group: int = 2,
-                 score_threshold: float = 0.5, dpi: int = 150) -> list[Path]:
+                 score_threshold: float = 0.5, dpi: int = 150,
+                 s1_pair: tuple[str | Path, str | Path] | None = None) -> list[Path]:
     """Write S1-S3 .png (dpi) and .json into out_dir; return the PNG paths. The images are the first
     `num_images` of (images, ann), else of coco_root's val2017, else of the ours checkpoint's val split.
+    `s1_pair`: (CondInst baseline, CondInst + IUQ) checkpoints for S1 (see the module docstring).
     Missing checkpoints raise FileNotFoundError (figures never retrain)."""
     from .train import load_model
-    for p in (baseline_ckpt, ours_ckpt):
+    pairs = {"main": (baseline_ckpt, ours_ckpt), **({"s1": tuple(s1_pair)} if s1_pair is not None else {})}
+    for p in (p for pair in pairs.values() for p in pair):
         if not Path(p).is_file():
             raise FileNotFoundError(f"checkpoint {p} does not exist: run `make reproduce` to produce it "
                                     "(the figures never train a model)")
     if (images is None) != (ann is None):
         raise ValueError("images and ann go together")
-    (base, cfg_b), (ours, cfg) = load_model(baseline_ckpt), load_model(ours_ckpt)
-    if cfg_b.data != cfg.data:
-        print("figures: note: the two checkpoints were trained on different data configs", file=sys.stderr)
+    loaded = {k: (load_model(b), load_model(o)) for k, (b, o) in pairs.items()}
+    cfg = loaded["main"][1][1]
+    if len({repr(m[1].data) for pair in loaded.values() for m in pair}) > 1:
+        print("figures: note: the checkpoints were trained on different data configs", file=sys.stderr)
     if images is None:
         images, ann = split_paths(coco_root, "val") if coco_root is not None else dataset_files(cfg.data)[1]
     ds = CocoInstances(images, ann)
     indices = list(range(min(num_images, len(ds))))
     if not any("groups" in a for a in ds.coco.dataset["annotations"]):
         _tag_groups(ds, [ds.ids[i] for i in indices])
-    models = {"baseline": (base, cfg_b.model.test_topk), "ours": (ours, cfg.model.test_topk)}
-    scores, drawn = _score(models, ds, indices, score_threshold=score_threshold)
-    by_id, index_of = {r["image_id"]: r for r in scores}, {ds.ids[i]: i for i in indices}
-    base_name = MODEL_NAMES.get(cfg_b.model.name, cfg_b.model.name)
-    names = {"baseline": base_name, "ours": "ours (IUQ)"}
-    ranked = select_rows(scores, rule="gain", n=2 * rows)
+    scored = {}                                      # pair -> (scores, drawn, names, ranked)
+    for k, ((base, cfg_b), (ours, cfg_o)) in loaded.items():
+        models = {"baseline": (base, cfg_b.model.test_topk), "ours": (ours, cfg_o.model.test_topk)}
+        scores, drawn = _score(models, ds, indices, score_threshold=score_threshold)
+        base_name = MODEL_NAMES.get(cfg_b.model.name, cfg_b.model.name)
+        names = {"baseline": base_name, "ours": "ours (IUQ)" if k == "main" else f"{base_name} + IUQ (ours)"}
+        scored[k] = (scores, drawn, names, select_rows(scores, rule="gain", n=(2 if k == "main" else 1) * rows))
+    scores, _, names, ranked = scored["main"]
     s3, used = [], []
     for g in GROUPS:
         s3.append((g, select_rows(scores, rule="failure", n=rows_per_group, group=g, exclude=used)))
         used += s3[-1][1]
-    s1_title = ("Figure S1: CondInst vs ours vs ground truth" if cfg_b.model.name == "condinst" else
-                f"Figure S1: {base_name} vs ours vs ground truth (the paper's S1 is CondInst, not built yet)")
-    specs = {"S1": (s1_title, [(None, ranked[rows:])]),
-             "S2": (f"Figure S2: {base_name} vs ours vs ground truth", [(None, ranked[:rows])]),
-             "S3": ("Figure S3: failure cases in five groups", s3)}
+    if "s1" in scored:
+        s1_names = scored["s1"][2]
+        s1 = ("s1", f"Figure S1: {s1_names['baseline']} vs {s1_names['ours']} vs ground truth",
+              [(None, scored["s1"][3])], RULES["S1 CondInst"])
+    else:
+        s1 = ("main", f"Figure S1: {names['baseline']} vs ours vs ground truth (S2's pair: no CondInst "
+                      "checkpoints given)", [(None, ranked[rows:])], RULES["S1"])
+    specs = {"S1": s1,
+             "S2": ("main", f"Figure S2: {names['baseline']} vs ours vs ground truth", [(None, ranked[:rows])],
+                    RULES["S2"]),
+             "S3": ("main", "Figure S3: failure cases in five groups", s3, RULES["S3"])}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for key, (title, groups) in specs.items():
+    for key, (pair, title, groups, rule) in specs.items():
+        scores, drawn, names, _ = scored[pair]
+        by_id, index_of = {r["image_id"]: r for r in scores}, {ds.ids[i]: i for i in indices}
         built = [(g, [_row(ds, index_of[i], drawn[i], by_id[i], names, g) for i in ids])
                  for g, ids in groups]
         fig = render_figure([(GROUP_TITLES.get(g), [p for p, _ in rs]) for g, rs in built], title=title)
         fig.savefig(out_dir / f"{key}.png", dpi=dpi)
         source = {"figure": key, "title": title, "columns": ["image", names["baseline"], names["ours"],
-                  "ground truth"], "selection_rule": RULES[key] + "; see iuq_lite.figures' docstring",
-                  "checkpoints": {"baseline": _rel(baseline_ckpt), "ours": _rel(ours_ckpt)},
+                  "ground truth"], "selection_rule": rule + "; see iuq_lite.figures' docstring",
+                  "checkpoints": {"baseline": _rel(pairs[pair][0]), "ours": _rel(pairs[pair][1])},
                   "images": _rel(images), "ann": _rel(ann), "ann_sha256": sha256_file(ann),
                   "num_images": len(indices),
                   "score_threshold": score_threshold, "match_iou": MATCH_IOU, "hard_iou": HARD_IOU,
@@ -259,11 +277,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--baseline", default="checkpoints/shapes_s0/model.pt")
     p.add_argument("--ours", default="checkpoints/shapes_iuq_s0/model.pt")
+    p.add_argument("--s1-baseline", default="checkpoints/shapes_condinst_s0/model.pt",
+                   help="S1's CondInst pair; S1 falls back to S2's pair when either file is missing")
+    p.add_argument("--s1-ours", default="checkpoints/shapes_condinst_iuq_s0/model.pt")
     p.add_argument("--coco-root", default=None, help="use ROOT/val2017 (default: the checkpoint's val split)")
     p.add_argument("--num-images", type=int, default=200)
     a = p.parse_args(argv)
     with contextlib.redirect_stdout(sys.stderr):          # the last stdout line stays the JSON result
-        paths = make_figures(a.baseline, a.ours, a.out, coco_root=a.coco_root, num_images=a.num_images)
+        s1 = (a.s1_baseline, a.s1_ours)
+        if not all(Path(p).is_file() for p in s1):
+            print(f"figures: no CondInst pair at {s1}: S1 shows the next rows of S2's pair", file=sys.stderr)
+            s1 = None
+        paths = make_figures(a.baseline, a.ours, a.out, coco_root=a.coco_root, num_images=a.num_images,
+                             s1_pair=s1)
     print(json.dumps({"figures": [str(x) for x in paths]}))
 
 

@@ -81,13 +81,33 @@ def test_make_figures_writes_the_grid_and_is_deterministic(checkpoints, tmp_path
         assert p.with_suffix(".json").read_text() == q.with_suffix(".json").read_text()
     s1, s2, s3 = (json.loads(p.with_suffix(".json").read_text()) for p in first)
     assert len(s1["rows"]) == len(s2["rows"]) == 1 and s1["rows"][0]["image_id"] != s2["rows"][0]["image_id"]
-    assert len(s2["columns"]) == 4 and "CondInst" in s1["title"] and s1["selection_rule"]
+    assert len(s2["columns"]) == 4 and "no CondInst checkpoints" in s1["title"]
+    assert s1["selection_rule"].startswith(iuq.figures.RULES["S1"]) and s1["checkpoints"] == s2["checkpoints"]
     assert 1 <= len(s3["rows"]) <= 5 and len({r["image_id"] for r in s3["rows"]}) == len(s3["rows"])
     for r in s3["rows"]:                                     # each S3 row shows GT of its group
         assert any(r["group"] in g["groups"] for g in r["gt"])
     drawn = [i for r in s2["rows"] + s3["rows"] for m in ("baseline", "ours") for i in r[m]["instances"]]
     assert drawn and all(i["score"] >= 0.1 for i in drawn)
     assert len(s2["per_image"]) == 6
+
+
+def test_s1_uses_the_condinst_pair_when_given(checkpoints, tiny_data, tmp_path):
+    cfg, pair = iuq.config.from_preset("shapes_condinst", {"model.pixel_channels": 32, "model.head_convs": 1}), []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = iuq.model.build_model(cfg)
+        with torch.no_grad():
+            model.cls_logits.bias.fill_(-1.0)             # untrained scores ~0.27: some are drawn at 0.1
+        torch.save({"model": model.state_dict(), "config": iuq.config.to_dict(cfg)}, tmp_path / f"c{seed}.pt")
+        pair.append(tmp_path / f"c{seed}.pt")
+    make_figures(*checkpoints, tmp_path / "out", num_images=6, rows=2, rows_per_group=1, score_threshold=0.1,
+                 s1_pair=pair)
+    s1, s2 = (json.loads((tmp_path / "out" / f"{k}.json").read_text()) for k in ("S1", "S2"))
+    assert s1["columns"][1:3] == ["CondInst", "CondInst + IUQ (ours)"] and s2["columns"][1] == "Mask2Former"
+    assert s1["checkpoints"]["ours"].endswith("c1.pt") and s1["selection_rule"].startswith(
+        iuq.figures.RULES["S1 CondInst"])
+    assert [r["image_id"] for r in s1["rows"]] == select_rows(s1["per_image"], rule="gain", n=2)
+    assert s1["per_image"] != s2["per_image"]                 # scored with the CondInst pair, not S2's
 
 
 def test_cli_prints_the_figures_json_last(checkpoints, tmp_path, capsys):
