@@ -20,7 +20,8 @@ Writing s = z for target t = 0 and s = -z for t = 1 (so BCE = softplus(s) and 1 
 Excluded pairs get s = -inf, where l = 0 and dl/ds = 0 exactly (sigmoid(-inf) = softplus(-inf) = 0).
 The elementwise part optionally runs under torch.compile (one fused loop instead of ~7 eager passes); set
 IUQ_NO_COMPILE=1 (or `set_compile(False)`) to stay eager. Compilation is attempted only for large problems (>=
-COMPILE_MIN_ELEMENTS logits) and falls back to eager, with a warning, if it fails.
+COMPILE_MIN_ELEMENTS logits) and falls back to eager, with a warning, if it fails. Heads whose logits are not a
+dot product pass a logits_fn and take inter_autograd's chunked autograd route instead.
 """
 from __future__ import annotations
 
@@ -41,8 +42,11 @@ CPU_TILE_ELEMENTS = 1 << 20
 COMPILED_TILE_ELEMENTS = 1 << 21
 # Below this many logits compiling (seconds on CPU) cannot pay off within a run's first steps.
 COMPILE_MIN_ELEMENTS = 1 << 23
+# A logits_fn route's pair costs ~this many dot-product pairs (CondInst: 3 layers of 8 channels), so it is
+# compiled from COMPILE_MIN_ELEMENTS / 8 pairs on.
+AUTOGRAD_COMPILE_GAIN = 8
 _COMPILE = {"enabled": os.environ.get("IUQ_NO_COMPILE", "0").lower() in ("0", "", "false", "no"),
-            "fn": None, "failed": False}
+            "fn": None, "chunk": None, "failed": False}
 
 
 def set_compile(enabled: bool) -> None:
@@ -109,11 +113,6 @@ def _neg_compiled(z: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Te
         warnings.warn(f"torch.compile of the inter-loss tile math failed ({type(exc).__name__}: {exc}); "
                       "using the eager kernel", RuntimeWarning, stacklevel=3)
         return None
-
-
-def _focal_generic(s: torch.Tensor, a: torch.Tensor | float, gamma: float) -> torch.Tensor:
-    """Elementwise a * sigmoid(s)^gamma * softplus(s) with autograd (stable: exp(gamma * logsigmoid))."""
-    return a * torch.exp(gamma * F.logsigmoid(s)) * F.softplus(s)
 
 
 # ------------------------------------------------------------------------------------------ problem
@@ -258,60 +257,6 @@ class _FusedInterFocal(torch.autograd.Function):
         return dE * grad.to(dE.dtype), None
 
 
-# ------------------------------------------------------------------------------------------ autograd path
-class _Precomputed(torch.autograd.Function):
-    """A loss whose dLoss/dE was accumulated in the forward pass: backward = grad_output * dE."""
-    @staticmethod
-    def forward(ctx, E: torch.Tensor, loss: torch.Tensor, dE: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(dE)
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return ctx.saved_tensors[0] * grad.to(ctx.saved_tensors[0].dtype), None, None
-
-
-def _autograd_path(E: torch.Tensor, p: _Problem, logits_fn: Callable, qmask: torch.Tensor | None,
-                   query_labels: torch.Tensor | None) -> torch.Tensor:
-    """Chunked autograd for non-dot-product heads: logits_fn(E [B,Q,C], Mc [m,C], Pc [m,2] or None) -> [B,Q,m]
-    (Pc: the chunk's Segment.positions). Each chunk's dLoss/dE is taken right after its forward and summed:
-    peak memory bounded by one chunk without checkpointing's second forward (1.45x faster for CondInst, CPU)."""
-    def chunk_loss(E: torch.Tensor, Mc: torch.Tensor, lab: torch.Tensor | None, own: torch.Tensor | None,
-                   pos: torch.Tensor | None):
-        z = logits_fn(E, Mc, pos)                                              # [B,Q,m]
-        z = z.to(torch.promote_types(z.dtype, torch.float32))
-        drop = torch.zeros_like(z, dtype=torch.bool)
-        if own is not None:
-            drop = drop | own[:, None, :]
-        if qmask is not None:
-            drop = drop | ~qmask[:, :, None]
-        t = None
-        if query_labels is not None and lab is not None:
-            ql = query_labels[:, :, None]
-            t = (ql >= 0) & (ql == lab[None, None, :])
-        s = z if t is None else torch.where(t, -z, z)
-        a = 1.0 - p.alpha if t is None else torch.where(t, p.alpha, 1.0 - p.alpha)
-        return _focal_generic(s.masked_fill(drop, float("-inf")), a, p.gamma).sum()
-
-    need = torch.is_grad_enabled() and E.requires_grad
-    leaf = E.detach().requires_grad_(need)
-    total = E.new_zeros((), dtype=torch.promote_types(E.dtype, torch.float32))
-    dE = torch.zeros_like(leaf) if need else None
-    for seg in p.segments:
-        for lo in range(0, seg.features.shape[0], p.chunk):
-            Mc = seg.features[lo:lo + p.chunk]
-            lab = None if seg.labels is None else seg.labels[lo:lo + p.chunk].to(E.device)
-            own = _own(seg, p.image_ids, lo, lo + p.chunk)
-            pos = None if seg.positions is None else seg.positions[lo:lo + p.chunk]
-            with torch.set_grad_enabled(need):
-                loss = chunk_loss(leaf, Mc, lab, own, pos)
-            if need:
-                dE += torch.autograd.grad(loss, leaf)[0]
-            total = total + loss.detach()
-    return _Precomputed.apply(E, total / p.norm, dE / p.norm) if need else total / p.norm
-
-
 # ------------------------------------------------------------------------------------------ public
 def inter_mask_loss(mask_embed: torch.Tensor, memory: torch.Tensor | list[Segment], *,
                     memory_labels: torch.Tensor | None = None, memory_image_ids: torch.Tensor | None = None,
@@ -365,12 +310,14 @@ def inter_mask_loss(mask_embed: torch.Tensor, memory: torch.Tensor | list[Segmen
         row_labels = query_labels.flatten() if rows is None else query_labels.flatten()[rows]
     need_grad = torch.is_grad_enabled() and mask_embed.requires_grad
     norm = float(count if normalizer is None else normalizer(count))
+    work = B * Q * sum(s.features.shape[0] for s in segments) * (1 if logits_fn is None else AUTOGRAD_COMPILE_GAIN)
     p = _Problem(segments, rows, [int(o) for o in offsets], image_ids, row_labels, count, norm or 1.0,
-                 need_grad, float(alpha), float(gamma), max(1, int(chunk)),
-                 compile_ok=B * Q * sum(s.features.shape[0] for s in segments) >= COMPILE_MIN_ELEMENTS)
+                 need_grad, float(alpha), float(gamma), max(1, int(chunk)), compile_ok=work >= COMPILE_MIN_ELEMENTS)
     if logits_fn is None or count == 0:
         return _FusedInterFocal.apply(mask_embed, p)
-    return _autograd_path(mask_embed, p, logits_fn, qmask, query_labels)
+    from .inter_autograd import autograd_path  # imports this module: import here, not at the top
+
+    return autograd_path(mask_embed, p, logits_fn, qmask, query_labels)
 
 
 def inter_mask_loss_reference(mask_embed: torch.Tensor, memory: torch.Tensor, *,

@@ -143,6 +143,52 @@ def test_compiled_route_and_its_eager_fallback(monkeypatch, mode):
         _check(E, mem, kw, chunk=16)
 
 
+@pytest.mark.parametrize("mode", ["compiled_plumbing", "compile_fails"])
+def test_logits_fn_compiled_route_and_its_eager_fallback(monkeypatch, mode):
+    """The logits_fn route above its compile threshold: the compiled chunk (here run eagerly) or a failing
+    compile (warning, eager from then on) both equal the dot-product kernel with stuff, own-image and
+    query-mask exclusions over several chunks."""
+    from iuq_lite import inter_autograd as A
+    from iuq_lite import inter_kernel as K
+
+    def boom(*args):
+        raise RuntimeError("no compiler")
+    monkeypatch.setattr(K, "COMPILE_MIN_ELEMENTS", 0)
+    monkeypatch.setitem(K._COMPILE, "enabled", True)
+    monkeypatch.setitem(K._COMPILE, "failed", False)
+    monkeypatch.setitem(K._COMPILE, "chunk", A._chunk_loss if mode == "compiled_plumbing" else boom)
+    E, mem, kw = _problem(4, 2, 5, 6, 37)
+    fused = iuq.inter_mask_loss(E, mem, **kw, chunk=8)
+    g_fused, = torch.autograd.grad(fused, E)
+    if mode == "compile_fails":
+        with pytest.warns(RuntimeWarning, match="no compiler"):
+            auto = iuq.inter_mask_loss(E, mem, **kw, chunk=8, logits_fn=_einsum)
+        assert not K.compile_active()
+    else:
+        auto = iuq.inter_mask_loss(E, mem, **kw, chunk=8, logits_fn=_einsum)
+    g_auto, = torch.autograd.grad(auto, E)
+    torch.testing.assert_close(auto, fused, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_auto, g_fused, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(os.environ.get("IUQ_TEST_COMPILE") != "1", reason="compiling takes ~20 s; IUQ_TEST_COMPILE=1")
+def test_compiled_logits_fn_chunk_matches_eager(monkeypatch):
+    from iuq_lite import inter_kernel as K
+    monkeypatch.setattr(K, "COMPILE_MIN_ELEMENTS", 0)
+    monkeypatch.setitem(K._COMPILE, "enabled", True)
+    monkeypatch.setitem(K._COMPILE, "failed", False)
+    E, mem, kw = _problem(5, 2, 6, 5, 70)
+    E, mem = E.detach().float().requires_grad_(), mem.float()
+    out = {}
+    for compiled in (False, True):
+        monkeypatch.setitem(K._COMPILE, "enabled", compiled)
+        loss = iuq.inter_mask_loss(E, mem, **kw, chunk=16, logits_fn=lambda e, m, p: torch.tanh(e) @ m.T)
+        out[compiled] = (loss, *torch.autograd.grad(loss, E))
+    assert K.compile_active()                                          # it compiled, no fallback
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.skipif(os.environ.get("IUQ_TEST_COMPILE") != "1", reason="compiling takes ~20 s; IUQ_TEST_COMPILE=1")
 def test_compiled_tile_math_matches_eager():
     from iuq_lite import inter_kernel as K
