@@ -10,7 +10,7 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 _SUBMODULES = ("config", "data", "transforms", "model", "matcher", "losses", "iuq", "train", "evaluate",
-               "experiments", "analysis", "viz", "figures", "bench", "utils")
+               "experiments", "demo", "analysis", "viz", "figures", "bench", "utils")
 
 
 def __getattr__(name: str):

@@ -279,7 +279,8 @@ assert torch.allclose(out_g["pred_masks"], torch.einsum("bqc,bchw->bqhw", E_g, o
 # The paper (CondInst R50, COCO, $L_{equi}$ only) adds transform families one by one and trains each either
 # as augmentation or through the equivariance loss. Our analog: the `shapes` baseline plus the second forward
 # on $g(I)$, with the same $\lambda$ and steps, as augmentation or as Eq. 8 (`iuq.experiments.STUDIES`), one
-# seed each, read from `results/equivariance.json` (written by `make reproduce`).
+# seed each, read from `results/equivariance.json` (written by `make reproduce`). Two more rows (ours, not the
+# paper's) train Eq. 8 with one transform each, hflip only and crop only, to see which one costs AP.
 
 # %%
 for row, preset, overrides, seeds in iuq.experiments.STUDIES["equivariance"]:
