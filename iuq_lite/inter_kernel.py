@@ -101,17 +101,18 @@ def _neg_eager(z: torch.Tensor, gamma: float, sig: torch.Tensor, sp: torch.Tenso
     return loss, sig
 
 
-def _neg_compiled(z: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The compiled tile math, or None (and compilation disabled from now on) if compiling fails."""
+def compiled_call(key: str, fn, *args, what: str):
+    """_COMPILE[key] = torch.compile(fn, dynamic=True) (built once) applied to args, or None, with a warning and
+    compilation disabled from then on, if compiling fails. dynamic=True: the last tile or chunk of every segment
+    has another width; one graph serves all. Used by the tile math here and inter_autograd's chunks."""
     try:
-        if _COMPILE["fn"] is None:
-            # dynamic=True: the last tile of every segment has another width; one graph serves all.
-            _COMPILE["fn"] = torch.compile(_neg_math, dynamic=True)
-        return _COMPILE["fn"](z, gamma)
+        if _COMPILE[key] is None:
+            _COMPILE[key] = torch.compile(fn, dynamic=True)
+        return _COMPILE[key](*args)
     except Exception as exc:  # noqa: BLE001 - any backend failure (no compiler, no triton) means: stay eager
         _COMPILE["failed"] = True
-        warnings.warn(f"torch.compile of the inter-loss tile math failed ({type(exc).__name__}: {exc}); "
-                      "using the eager kernel", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"torch.compile of the inter-loss {what} failed ({type(exc).__name__}: {exc}); "
+                      "using eager code", RuntimeWarning, stacklevel=3)
         return None
 
 
@@ -205,7 +206,7 @@ def _fused_forward(E: torch.Tensor, p: _Problem, need_grad: bool) -> tuple[torch
                 continue
             if own is not None:
                 _exclude_(z, own, p.offsets)
-            out = _neg_compiled(z, p.gamma) if compiled else None
+            out = compiled_call("fn", _neg_math, z, p.gamma, what="tile math") if compiled else None
             if out is None:
                 if len(work) == 1:         # compilation failed just now: add the eager buffers (keeps z)
                     work = torch.cat([work, work.new_empty(3, work.shape[1])])
