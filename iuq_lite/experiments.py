@@ -74,6 +74,10 @@ STUDIES: dict[str, list[tuple[str, str, dict, tuple]]] = {
     "condinst": [       # the same IUQ through the generic adapter on a CondInst-style model (Tables S3/S4's base)
         ("baseline", "shapes_condinst", {}, SEEDS),
         ("full IUQ", "shapes_condinst_iuq", {}, SEEDS),
+        # one seed each: which of the two terms moves CondInst's AP, and the flip+crop augmentation control
+        ("flip+crop as augmentation", "shapes_condinst", _AUG, (0,)),
+        ("inter-scene only", "shapes_condinst", {"iuq.inter.enabled": True}, (0,)),
+        ("equivariance only", "shapes_condinst", {"iuq.equi.enabled": True}, (0,)),
     ],
 }
 # Run folders whose weights the notebooks and figures load (fp16, <= 10 MB): checkpoints/<preset>_s<seed>/
