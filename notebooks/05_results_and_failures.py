@@ -161,12 +161,18 @@ s2_ids = [r["image_id"] for r in fig_json["S2"]["rows"]]
 assert iuq.figures.select_rows(per_image, rule="gain", n=len(s2_ids)) == s2_ids
 
 # %% [markdown]
-# The paper's Figure S1 compares CondInst with CondInst + IUQ. With the CondInst study's seed-0 checkpoints
-# committed (`make reproduce`, `condinst` study) S1 ranks that pair's images by the same gain rule; until then
-# it continues S2's ranking with S2's pair, and its title says so.
+# The paper's Figure S1 compares CondInst with CondInst + IUQ. The CondInst study's seed-0 checkpoints are
+# committed (`make reproduce`, `condinst` study), so S1 ranks that pair's images by the same gain rule (without
+# them it would continue S2's ranking with S2's pair, and say so in its title). The same caveat holds, more
+# strongly: on the whole val split CondInst + IUQ trails CondInst (README, "Second base model"), and the
+# per-image count below shows how often each side wins.
 
 # %%
 print("S1:", fig_json["S1"]["title"], "\nS1 rule:", fig_json["S1"]["selection_rule"])
+s1_ap = {n: [r[n]["ap"] or 0.0 for r in fig_json["S1"]["per_image"]] for n in ("baseline", "ours")}
+print(f"S1 pair, {len(s1_ap['ours'])} images: per-image AP higher with IUQ on "
+      f"{sum(o > b for b, o in zip(s1_ap['baseline'], s1_ap['ours']))}, lower on "
+      f"{sum(o < b for b, o in zip(s1_ap['baseline'], s1_ap['ours']))}")
 ipd.display(ipd.Image(filename=str(out_dir / "S1.png"), width=620))
 s1_ids = [r["image_id"] for r in fig_json["S1"]["rows"]]
 if s1_pair is not None:      # the CondInst pair's own ranking
