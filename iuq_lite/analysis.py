@@ -29,6 +29,7 @@ from .data.coco import collate, encode_masks, index_coco, load_image
 from .data.shapes import GROUPS  # the five failure groups of Figure S3, one definition
 from .evaluate import eval_mode
 from .matcher import HungarianMatcher
+from .model import iuq_adapter
 from .transforms import sample
 
 TRANSPARENT_COCO = ("wine glass", "cup", "bottle", "vase")  # COCO thing classes that are usually glass
@@ -247,22 +248,34 @@ def group_criteria_report(ann_file: str | Path, image_dir: str | Path | None, *,
 def _matched(model: torch.nn.Module, dataset: Any, *, num_images: int, batch_size: int, matcher: Any,
              seed: int) -> list[dict]:
     """For a seeded pool of `num_images` images, per image: "features" [P,C] (its valid, unpadded stride-s
-    pixels), "embed" [n,C] and "labels" [n] of the queries Hungarian-matched to its GT (default
-    HungarianMatcher(num_points=1024), seeded points), "classes" (set of GT labels), "index" (in dataset)."""
-    matcher = matcher or HungarianMatcher(num_points=1024)
+    pixels) at "positions" [P,2] (normalised on the batch's feature grid, as PixelMemory stores them), "embed"
+    [n,D] and "labels" [n] of its matched queries: Hungarian-matched to its GT (default
+    HungarianMatcher(num_points=1024), seeded points), or for target-dependent queries (CondInst's adapter)
+    the proposals assigned to a GT; "classes" (set of GT labels), "index" (in dataset)."""
+    adapter, matcher = iuq_adapter(model), matcher or HungarianMatcher(num_points=1024)
     indices = sorted(np.random.default_rng(seed).permutation(len(dataset))[:num_images].tolist())  # the pool
     with eval_mode(model) as device:
         gen, recs = torch.Generator(device=device).manual_seed(seed), []
         for s in range(0, len(indices), batch_size):
             images, targets = collate([dataset[i] for i in indices[s:s + batch_size]])
-            targets = [{"labels": t["labels"].to(device), "masks": t["masks"].to(device), "size": t["size"]}
-                       for t in targets]
+            targets = [{"labels": t["labels"].to(device), "masks": t["masks"].to(device), "size": t["size"],
+                        "generator": gen} for t in targets]
             out = model(images.to(device))
-            stride = images.shape[-1] // out["mask_features"].shape[-1]
-            for b, (iq, it) in enumerate(matcher(out, targets, generator=gen)):
+            feats = adapter.features(out)                                                # [B,C,H',W']
+            stride, (H, W) = images.shape[-1] // feats.shape[-1], feats.shape[-2:]
+            pos = torch.stack(torch.meshgrid((torch.arange(H, device=device) + 0.5) / H,
+                                             (torch.arange(W, device=device) + 0.5) / W, indexing="ij"), -1)
+            if adapter.logits_fn is None:
+                pairs, embed = matcher(out, targets, generator=gen), adapter.embed(out)
+            else:                                  # target-dependent queries: each proposal and its GT
+                out = adapter.assign(out, targets)
+                embed, ok = adapter.embed(out), adapter.query_mask(out)
+                pairs = [(ok[b].nonzero()[:, 0], out["proposal_gt"][b][ok[b]]) for b in range(len(targets))]
+            for b, (iq, it) in enumerate(pairs):
                 h, w = (math.ceil(int(v) / stride) for v in targets[b]["size"])
-                recs.append({"features": out["mask_features"][b, :, :h, :w].flatten(1).T.float(),   # [h*w,C]
-                             "embed": out["mask_embed"][b, iq.to(device)].float(),              # [n,C]
+                recs.append({"features": feats[b, :, :h, :w].flatten(1).T.float(),      # [h*w,C]
+                             "positions": pos[:h, :w].reshape(-1, 2),                   # [h*w,2]
+                             "embed": embed[b, iq.to(device)].float(),                  # [n,D]
                              "labels": targets[b]["labels"][it.to(device)].cpu(),
                              "classes": set(targets[b]["labels"].tolist()), "index": indices[s + b]})
     return recs
@@ -282,9 +295,12 @@ def query_uniqueness(model: torch.nn.Module, dataset: Any, *, num_images: int = 
     emb, labels = torch.cat([r["embed"] for r in recs]), torch.cat([r["labels"] for r in recs])  # [n,C], [n]
     src = torch.cat([torch.full((len(r["labels"]),), j) for j, r in enumerate(recs)])  # [n] query's image
     cut = math.log(threshold / (1 - threshold))                          # sigmoid(z) > t <=> z > logit(t)
-    # fired pixels per (query, image), 256 queries at a time so that [n,P] logits never exist at once
-    fired = [torch.zeros(len(e), n_img, device=feats.device).index_add_(1, owner, (e @ feats.T > cut).float())
-             for e in emb.split(256)]                                                    # [n,N] pixel counts
+    logits_fn, pos = iuq_adapter(model).logits_fn, torch.cat([r["positions"] for r in recs])   # [P,2]
+    logits = (lambda e: e @ feats.T) if logits_fn is None else (lambda e: logits_fn(e[None], feats, pos)[0])
+    # fired pixels per (query, image), a chunk of queries at a time so that [n,P] logits never exist at once
+    # (dynamic heads: 32, their [q,8,P] hidden activations are the large tensor)
+    fired = [torch.zeros(len(e), n_img, device=feats.device).index_add_(1, owner, (logits(e) > cut).float())
+             for e in emb.split(256 if logits_fn is None else 32)]                       # [n,N] pixel counts
     frac = torch.cat(fired or [torch.zeros(0, n_img)]).cpu() / torch.bincount(owner, minlength=n_img).cpu()
     other = src[:, None] != torch.arange(n_img)[None]                                # [n,N]
     has = torch.tensor([[lab in r["classes"] for r in recs] for lab in labels.tolist()], dtype=torch.bool)
@@ -336,8 +352,9 @@ def embedding_similarity(model: torch.nn.Module, dataset: Any, *, num_images: in
 
 def _equi_sums(model: torch.nn.Module, images: torch.Tensor, g: Any, f: Any = None) -> np.ndarray:
     """[sum of (f(g(I)) - g(f(I)))^2, sum of g(f(I))^2] over g.valid pixels, all channels and images."""
-    f = model(images)["mask_features"] if f is None else f                          # [B,C,h,w]
-    f_g, g_f = model(g.image(images))["mask_features"], g.features(f)               # both [B,C,h',w']
+    feats = iuq_adapter(model).features                   # F: "mask_features" (CondInst: its mask branch)
+    f = feats(model(images)) if f is None else f                                    # [B,C,h,w]
+    f_g, g_f = feats(model(g.image(images))), g.features(f)                         # both [B,C,h',w']
     if f_g.shape != g_f.shape:
         raise ValueError(f"f(g(I)) {tuple(f_g.shape)} != g(f(I)) {tuple(g_f.shape)}: crop off the stride?")
     v = g.valid(tuple(f.shape[-2:]), device=f.device).to(f.dtype)                  # [h',w']
@@ -367,7 +384,7 @@ def equivariance_errors(model: torch.nn.Module, dataset: Any, *,
     with eval_mode(model) as device:
         for s in range(0, len(indices), batch_size):
             images = collate([dataset[i] for i in indices[s:s + batch_size]])[0].to(device)
-            f = model(images)["mask_features"]
+            f = iuq_adapter(model).features(model(images))
             for k in kinds:
                 g = sample(k, image_size=images.shape[-2:], stride=stride, generator=gens[k], ranges=ranges)
                 sums[k] += _equi_sums(model, images, g, f)

@@ -202,6 +202,27 @@ def test_query_uniqueness_counts_fired_pixels(val_set):
     assert all(float(v) in fires for v in u["per_query"])
 
 
+def test_query_uniqueness_and_equivariance_error_on_condinst(val_set):
+    """Target-dependent queries (CondInst): the proposals assigned to a GT fire through their dynamic heads at
+    the pixels' normalised positions, which must give the model's own mask logits on the own image."""
+    from iuq_lite.config import from_preset
+    from iuq_lite.model import build_model, iuq_adapter
+
+    torch.manual_seed(0)
+    model = build_model(from_preset("shapes_condinst", {"model.pixel_channels": 32, "model.head_convs": 1,
+                                                        "model.num_queries": 8}))
+    u = analysis.query_uniqueness(model, val_set, num_images=4, batch_size=2)
+    assert u["num_queries"] > 0 and 0.0 <= u["cross_fire"] <= 1.0 and 0.0 <= u["own_fire"] <= 1.0
+    ad, r = iuq_adapter(model), analysis._matched(model, val_set, num_images=2, batch_size=2, matcher=None,
+                                                    seed=0)[0]
+    side = round(len(r["features"]) ** 0.5)                          # 64-px images, stride 4: a 16x16 grid
+    own = ad.mask_logits(r["embed"][None], r["features"].T.reshape(1, -1, side, side))[0].flatten(1)  # [n,P]
+    torch.testing.assert_close(ad.logits_fn(r["embed"][None], r["features"], r["positions"])[0], own,
+                               atol=1e-5, rtol=1e-5)
+    e = analysis.equivariance_errors(model, val_set, kinds=("hflip",), num_images=2, batch_size=2)
+    assert math.isfinite(e["hflip"]) and e["hflip"] > 0
+
+
 def test_heatmaps_and_similarity(tiny_model, val_set):
     (img_a, tgt_a), (img_b, _) = val_set[0], val_set[1]
     h = analysis.cross_image_heatmaps(tiny_model, img_a, torch.stack([img_b, img_b]), target_a=tgt_a)
