@@ -183,7 +183,8 @@ def diagnose(name: str = "main") -> dict:
         val = build_datasets(cfg.data)[1]
         u = query_uniqueness(model, val, **UNIQUENESS)
         out.append({"row": rows.get(key, path.parent.name), "seed": man["seed"], "segm/AP": man["metrics"]["segm/AP"],
-                    **{k: u[k] for k in ("cross_fire", "cross_fire_same_class", "cross_fire_other_class")},
+                    **{k: u[k] for k in ("cross_fire", "cross_fire_same_class", "cross_fire_other_class",
+                                         "own_fire")},
                     "equivariance_error": equivariance_errors(model, val, kinds=("hflip", "crop"), num_images=64)})
     res = {"command": f"python -m iuq_lite.experiments diagnose {name}", "commit": utils.git_commit(),
            "uniqueness": UNIQUENESS, "runs": out}
