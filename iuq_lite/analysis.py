@@ -30,6 +30,7 @@ from .data.shapes import GROUPS  # the five failure groups of Figure S3, one def
 from .evaluate import eval_mode
 from .matcher import HungarianMatcher
 from .model import iuq_adapter
+from .model.condinst import grid_positions
 from .transforms import sample
 
 TRANSPARENT_COCO = ("wine glass", "cup", "bottle", "vase")  # COCO thing classes that are usually glass
@@ -263,8 +264,7 @@ def _matched(model: torch.nn.Module, dataset: Any, *, num_images: int, batch_siz
             out = model(images.to(device))
             feats = adapter.features(out)                                                # [B,C,H',W']
             stride, (H, W) = images.shape[-1] // feats.shape[-1], feats.shape[-2:]
-            pos = torch.stack(torch.meshgrid((torch.arange(H, device=device) + 0.5) / H,
-                                             (torch.arange(W, device=device) + 0.5) / W, indexing="ij"), -1)
+            pos = grid_positions(H, W, device).view(H, W, 2)                         # PixelMemory's convention
             if adapter.logits_fn is None:
                 pairs, embed = matcher(out, targets, generator=gen), adapter.embed(out)
             else:                                  # target-dependent queries: each proposal and its GT

@@ -150,10 +150,15 @@ with contextlib.redirect_stderr(io.StringIO()):                 # per-batch prog
                                     s1_pair=s1_pair)
 fig_json = {p.stem: json.loads(p.with_suffix(".json").read_text()) for p in pngs}
 per_image = fig_json["S2"]["per_image"]
-ap = {n: [r[n]["ap"] or 0.0 for r in per_image] for n in ("baseline", "ours")}
-wins = sum(o > b for b, o in zip(ap["baseline"], ap["ours"]))
-losses = sum(o < b for b, o in zip(ap["baseline"], ap["ours"]))
-print(f"{len(per_image)} images scored: per-image AP higher with IUQ on {wins}, lower on {losses}")
+
+
+def wins_losses(scores):
+    """Images where the IUQ model's per-image AP is higher / lower than the baseline's (no AP counts as 0)."""
+    ap = [(r["baseline"]["ap"] or 0.0, r["ours"]["ap"] or 0.0) for r in scores]
+    return sum(o > b for b, o in ap), sum(o < b for b, o in ap)
+
+
+print(f"{len(per_image)} images scored: per-image AP higher with IUQ on %d, lower on %d" % wins_losses(per_image))
 print("S2 rule:", fig_json["S2"]["selection_rule"])
 ipd.display(ipd.Image(filename=str(out_dir / "S2.png"), width=620))
 # the rule, re-applied to the per-image scores in the JSON, gives the same rows
@@ -169,10 +174,8 @@ assert iuq.figures.select_rows(per_image, rule="gain", n=len(s2_ids)) == s2_ids
 
 # %%
 print("S1:", fig_json["S1"]["title"], "\nS1 rule:", fig_json["S1"]["selection_rule"])
-s1_ap = {n: [r[n]["ap"] or 0.0 for r in fig_json["S1"]["per_image"]] for n in ("baseline", "ours")}
-print(f"S1 pair, {len(s1_ap['ours'])} images: per-image AP higher with IUQ on "
-      f"{sum(o > b for b, o in zip(s1_ap['baseline'], s1_ap['ours']))}, lower on "
-      f"{sum(o < b for b, o in zip(s1_ap['baseline'], s1_ap['ours']))}")
+s1_scores = fig_json["S1"]["per_image"]
+print(f"S1 pair, {len(s1_scores)} images: per-image AP higher with IUQ on %d, lower on %d" % wins_losses(s1_scores))
 ipd.display(ipd.Image(filename=str(out_dir / "S1.png"), width=620))
 s1_ids = [r["image_id"] for r in fig_json["S1"]["rows"]]
 if s1_pair is not None:      # the CondInst pair's own ranking
