@@ -365,12 +365,12 @@ def check_root(root: str | os.PathLike, splits: tuple[str, ...] = ("train", "val
 # ---------------------------------------------------------------------------------------- datasets
 def dataset_files(data_cfg: Any) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
     """((train images, train ann), (val images, val ann)) of a DataConfig: the embedded shapes data when
-    data_cfg.root is None (generated on demand), else COCO 2017's train_split / val_split under data_cfg.root."""
+    data_cfg.root is None (generated on demand; val_split="dev" gives the dev split for choosing schedules), else COCO 2017's train_split / val_split under data_cfg.root."""
     if data_cfg.root is not None:
         return split_paths(data_cfg.root, data_cfg.train_split), split_paths(data_cfg.root, data_cfg.val_split)
     from iuq_lite.data import shapes
     paths = shapes.ensure_from_config(data_cfg)
-    return tuple((Path(paths[f"{s}_images"]), Path(paths[f"{s}_ann"])) for s in ("train", "val"))
+    return tuple((Path(paths[f"{s}_images"]), Path(paths[f"{s}_ann"])) for s in ("train", data_cfg.val_split))
 
 
 def build_datasets(data_cfg: Any) -> tuple[CocoInstances, CocoInstances]:

@@ -329,9 +329,31 @@ def ensure_dataset(*, num_train: int, num_val: int, image_size: int = 128, seed:
 
 
 def ensure_from_config(data_cfg: Any) -> dict[str, str]:
-    """ensure_dataset for an iuq_lite.config.DataConfig (num_train, num_val, image_size, seed, knobs)."""
-    return ensure_dataset(num_train=data_cfg.num_train, num_val=data_cfg.num_val,
-                          image_size=data_cfg.image_size, seed=data_cfg.seed, knobs=dict(data_cfg.knobs))
+    """ensure_dataset for an iuq_lite.config.DataConfig (num_train, num_val, image_size, seed, knobs); a
+    val_split other than train/val (e.g. "dev") is added to the same folder with num_val images."""
+    paths = ensure_dataset(num_train=data_cfg.num_train, num_val=data_cfg.num_val,
+                           image_size=data_cfg.image_size, seed=data_cfg.seed, knobs=dict(data_cfg.knobs))
+    if data_cfg.val_split not in ("train", "val"):
+        paths.update(ensure_split(paths["root"], data_cfg.val_split, num_images=data_cfg.num_val,
+                                  image_size=data_cfg.image_size, seed=data_cfg.seed, knobs=dict(data_cfg.knobs)))
+    return paths
+
+
+def ensure_split(root: str | Path, split: str, *, num_images: int, image_size: int, seed: int,
+                 knobs: dict[str, Any] | None = None) -> dict[str, str]:
+    """Generate (once, under the folder's lock) an extra split of a shapes folder, e.g. the "dev" split for
+    choosing schedules: its own stream (seed, crc32(split)), so it never repeats train or val images. Returns
+    {split_images, split_ann}; the folder's hash (train / val) is unchanged."""
+    root = Path(root)
+    img_dir, ann_file = split_paths(root, split)
+    with open(root.parent / f"{root.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not ann_file.exists() or len(json.loads(ann_file.read_text())["images"]) != num_images:
+            print(f"generating shapes split {split!r} ({num_images} images) into {root} ...", file=sys.stderr,
+                  flush=True)
+            generate(root, split=split, num_images=num_images, image_size=image_size, seed=seed,
+                     **resolve_knobs(knobs))
+    return {f"{split}_images": str(img_dir), f"{split}_ann": str(ann_file)}
 
 
 def stats(ann_file: str | Path) -> dict[str, Any]:
