@@ -187,7 +187,12 @@ def _step_setup(preset: str, overrides: dict):
     cfg = from_preset(preset, overrides)
     torch.manual_seed(0)
     train_ds, _ = build_datasets(cfg.data)
+    for i in range(len(train_ds) if train_ds._cache is not None else 0):
+        train_ds[i]                   # steady state: after the first epoch every item comes from memory
     model = build_model(cfg)
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)           # as train() runs the step
+    fwd = torch.compile(model) if cfg.train.compile else model
     crit = IUQCriterion(build_criterion(cfg), cfg.iuq, adapter=iuq_adapter(model), seed=0)
     opt = build_optimizer(model, cfg)
     data = batches(train_ds, batch_size=cfg.train.batch_size, seed=0, start_step=0)
@@ -195,7 +200,7 @@ def _step_setup(preset: str, overrides: dict):
 
     def step() -> None:
         images, targets = next(data)
-        losses = crit(model, images, targets, step=state["step"])
+        losses = crit(fwd, images.contiguous(memory_format=fmt), targets, step=state["step"])
         opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)

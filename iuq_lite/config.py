@@ -111,8 +111,8 @@ class TrainConfig:
     threads: int | None = None           # torch.set_num_threads; None = leave as is
     device: str = "auto"                 # auto | cpu | cuda
     amp: bool = False                    # bf16 autocast on CUDA
-    compile: bool = False
-    channels_last: bool = False
+    compile: bool = False                # torch.compile the model (CPU, shapes: no faster than channels_last)
+    channels_last: bool = True           # NHWC convolutions (CPU, shapes model: fwd+bwd 129 -> 103 ms)
     accum_steps: int = 1
     log_every: int = 20
     ckpt_every: int = 500

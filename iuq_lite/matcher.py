@@ -11,7 +11,6 @@ place in both.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
@@ -27,10 +26,17 @@ def batch_class_cost(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return -prob.gather(-1, labels.unsqueeze(-2).expand(*prob.shape[:-1], labels.shape[-1]))
 
 
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + exp(x)) = max(x, 0) + log(1 + exp(-|x|)), for costs (no autograd). Not log1p: on CPU, torch's
+    log1p (and so softplus / logsigmoid / BCE-with-logits) is a scalar loop, ~10x slower than log (1.0 vs
+    0.09 ms for [8,25,1024]); the two differ by < 6e-8 absolute, far below any cost difference that matters."""
+    return x.clamp_min(0.0) + torch.log(1.0 + torch.exp(-x.abs()))
+
+
 def batch_sigmoid_ce_cost(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """pred [..., Q, P] logits, tgt [..., T, P] in [0,1] -> [..., Q, T]: sigmoid BCE of every pair, mean over P."""
-    pos = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred), reduction="none")    # [..,Q,P]
-    neg = F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred), reduction="none")   # [..,Q,P]
+    pos = softplus(-pred)        # BCE(z, 1) = softplus(-z)                                        [..,Q,P]
+    neg = pos + pred             # BCE(z, 0) = softplus(z) = softplus(-z) + z                      [..,Q,P]
     # BCE(z, t) = t * pos + (1 - t) * neg, so all pairs at once are two matmuls
     return (pos @ tgt.transpose(-1, -2) + neg @ (1 - tgt).transpose(-1, -2)) / pred.shape[-1]
 

@@ -183,6 +183,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def git_dirty(cwd: str | Path | None = None) -> bool | None:
+    """True when the package's tracked files differ from the commit (results would not match the revision);
+    None outside a checkout."""
+    import subprocess
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                             cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def git_commit(cwd: str | Path | None = None) -> str | None:
     """The current git commit of the project checkout, or None outside a checkout."""
     import subprocess

@@ -79,11 +79,10 @@ def test_attention_mask_from_previous_prediction():
     mask_features = torch.randn(B, C, 16, 16)
     with torch.no_grad():
         pred, blocked = model.heads(output, mask_features, (4, 4))
-    assert blocked.shape == (B * model.nheads, Q, 16) and blocked.dtype == torch.bool
+    assert blocked.shape == (B, 1, Q, 16) and blocked.dtype == torch.bool
     expect = F.interpolate(pred["pred_masks"], size=(4, 4), mode="bilinear", align_corners=False).flatten(2) < 0
     expect &= ~expect.all(-1, keepdim=True)
-    # batch-major head order, as nn.MultiheadAttention expects for a [B*nheads, Q, S] mask
-    assert torch.equal(blocked.view(B, model.nheads, Q, 16), expect[:, None].expand(-1, model.nheads, -1, -1))
+    assert torch.equal(blocked[:, 0], expect)          # one mask for every head (broadcast by attend)
 
 
 def test_fully_masked_rows_are_reenabled():
@@ -127,3 +126,16 @@ def test_pretrained_state_dict_file(tmp_path):
                                                                   "model.pretrained": str(path)}))
     torch.testing.assert_close(model.backbone.stem[0].weight, ref.conv1.weight)
     torch.testing.assert_close(model.backbone.layers[3][1].bn2.running_var, ref.layer4[1].bn2.running_var)
+
+
+def test_attend_equals_multihead_attention_with_a_per_query_mask():
+    from iuq_lite.model.mask2former import attend
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    q, k, v = torch.randn(2, 5, 32), torch.randn(2, 9, 32), torch.randn(2, 9, 32)
+    blocked = torch.rand(2, 5, 9) < 0.5
+    blocked[:, :, 0] = False                                    # no fully blocked row (the model re-enables them)
+    want = mha(q, k, v, attn_mask=blocked.repeat_interleave(4, dim=0), need_weights=False)[0]
+    torch.testing.assert_close(attend(mha, q, k, v, blocked.unsqueeze(1)), want, rtol=1e-5, atol=1e-6)
+    x = torch.randn(2, 5, 32)                                    # self-attention: key is the query, value differs
+    torch.testing.assert_close(attend(mha, q, q, x), mha(q, q, x, need_weights=False)[0], rtol=1e-5, atol=1e-6)

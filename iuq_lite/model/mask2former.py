@@ -67,8 +67,29 @@ class MLP(nn.Module):
         return x
 
 
+def attend(mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+           blocked: torch.Tensor | None = None) -> torch.Tensor:
+    """nn.MultiheadAttention's computation with its own weights, batch-first end to end: q [B,Q,D], k / v
+    [B,S,D], blocked [B,1,Q,S] bool (True = blocked, broadcast over heads) -> [B,Q,D].
+
+    The module's forward would transpose to sequence-first, copy the mask per head ([B*nheads,Q,S]) and turn it
+    into a float -inf mask; the same projections and one scaled_dot_product_attention call avoid those copies.
+    """
+    B, Q, D = q.shape
+    h = mha.num_heads
+    wq, wk, wv = mha.in_proj_weight.chunk(3)
+    bq, bk, bv = mha.in_proj_bias.chunk(3)
+    q = F.linear(q, wq, bq).view(B, Q, h, D // h).transpose(1, 2)                     # [B,h,Q,D/h]
+    k = F.linear(k, wk, bk).view(B, -1, h, D // h).transpose(1, 2)                    # [B,h,S,D/h]
+    v = F.linear(v, wv, bv).view(B, -1, h, D // h).transpose(1, 2)                    # [B,h,S,D/h]
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if blocked is None else ~blocked,
+                                       dropout_p=mha.dropout if mha.training else 0.0)   # [B,h,Q,D/h]
+    return mha.out_proj(o.transpose(1, 2).reshape(B, Q, D))
+
+
 class DecoderLayer(nn.Module):
-    """Masked cross-attention -> self-attention -> FFN, each with residual + LayerNorm (post- or pre-norm)."""
+    """Masked cross-attention -> self-attention -> FFN, each with residual + LayerNorm (post- or pre-norm).
+    The attentions are nn.MultiheadAttention modules (their parameters and state_dict keys) run by `attend`."""
 
     def __init__(self, dim: int, nheads: int, dim_feedforward: int, *, dropout: float, pre_norm: bool):
         super().__init__()
@@ -87,15 +108,15 @@ class DecoderLayer(nn.Module):
 
     def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor,
                 attn_mask: torch.Tensor | None) -> torch.Tensor:
-        """tgt, query_pos [B,Q,D]; memory [B,S,D]; pos [S,D]; attn_mask [B*nheads,Q,S] bool (True = blocked)."""
+        """tgt, query_pos [B,Q,D]; memory [B,S,D]; pos [S,D]; attn_mask [B,1,Q,S] bool (True = blocked)."""
         key = memory + pos
 
         def cross(x: torch.Tensor) -> torch.Tensor:
-            return self.cross(x + query_pos, key, memory, attn_mask=attn_mask, need_weights=False)[0]
+            return attend(self.cross, x + query_pos, key, memory, attn_mask)
 
         def self_attn(x: torch.Tensor) -> torch.Tensor:
             q = x + query_pos
-            return self.self_attn(q, q, x, need_weights=False)[0]
+            return attend(self.self_attn, q, q, x)
 
         tgt = self._block(0, tgt, cross)
         tgt = self._block(1, tgt, self_attn)
@@ -146,7 +167,8 @@ class Mask2Former(nn.Module):
     def heads(self, output: torch.Tensor, mask_features: torch.Tensor,
               attn_size: tuple[int, int] | None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Prediction heads on decoder output [B,Q,D] -> ({"pred_logits", "pred_masks", "mask_embed"},
-        attention mask [B*nheads, Q, h'*w'] bool for the next layer at size attn_size (True = blocked))."""
+        attention mask [B, 1, Q, h'*w'] bool for the next layer at size attn_size (True = blocked, the same for
+        every head))."""
         x = self.decoder_norm(output)
         mask_embed = self.mask_embed(x)                                        # [B,Q,C]
         pred_masks = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)  # [B,Q,h,w]
@@ -159,8 +181,7 @@ class Mask2Former(nn.Module):
             blocked = (m < 0).flatten(2)                                         # [B,Q,h'w']
             # A query whose mask is empty would attend to nothing (softmax of all -inf = NaN): let it see all.
             blocked &= ~blocked.all(dim=-1, keepdim=True)
-            blocked = blocked.repeat_interleave(self.nheads, dim=0)             # [B*nheads,Q,h'w'] batch-major
-        return out, blocked
+        return out, blocked.unsqueeze(1)                                         # [B,1,Q,h'w']
 
     def forward(self, images: torch.Tensor) -> dict:
         """images [B,3,H,W] floats in [0,1] -> the output dict described in the module docstring."""
