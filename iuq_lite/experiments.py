@@ -3,6 +3,7 @@
     python -m iuq_lite.experiments demo                 # ~9 min on 2 cores: data, baseline vs IUQ (demo.py)
     python -m iuq_lite.experiments reproduce [--only main] [--seeds 0 1 2]
     python -m iuq_lite.experiments table                # README results tables from results/*.json
+    python -m iuq_lite.experiments recheck long baseline 0   # retrain a recorded run: AP within 0.1?
 
 `reproduce` is resumable: every run is one subprocess (`python -m iuq_lite.train`), its result is appended to
 `results/<experiment>.json` as soon as it ends, and runs already recorded there are skipped — so the study can
@@ -31,6 +32,8 @@ SEEDS = (0, 1, 2)
 # Every study run: one thread (two runs share the 2 cores without thrashing) and a learning curve on 250 val
 # images every 500 steps (evaluation runs under a forked RNG, so it does not change training).
 STUDY_SETTINGS = {"train.threads": 1, "train.eval_every": 500, "train.eval_images": 250}
+# The converged study keeps its presets' own curve cadence (250 val images every 2,000 steps).
+SETTINGS = {"long": {"train.threads": 1}}
 
 # experiment -> list of (row name, preset, overrides, seeds). Rows differ from the baseline in one thing.
 _AUG = {"iuq.equi.enabled": True, "iuq.equi.as_augmentation": True}
@@ -80,6 +83,15 @@ STUDIES: dict[str, list[tuple[str, str, dict, tuple]]] = {
         ("equivariance only", "shapes_condinst", {"iuq.equi.enabled": True}, (0,)),
     ],
 }
+# The study at convergence (issue 15): shapes_long = flip + scale-jitter augmentation, 128-px crop, a schedule
+# chosen on the dev split. 5 seeds for the decisive pair first (10 if the CI stays undecided), 3 per single term.
+LONG_SEEDS = (0, 1, 2, 3, 4)
+STUDIES["long"] = [
+    ("baseline", "shapes_long", {}, LONG_SEEDS),
+    ("full IUQ", "shapes_long_iuq", {}, LONG_SEEDS),
+    ("inter-scene only", "shapes_long", {"iuq.inter.enabled": True}, (0, 1, 2)),
+    ("equivariance only", "shapes_long", {"iuq.equi.enabled": True}, (0, 1, 2)),
+]
 # Run folders whose weights the notebooks and figures load (fp16, <= 10 MB): checkpoints/<preset>_s<seed>/
 KEEP = {("main", "baseline", 0): "shapes_s0", ("main", "full IUQ", 0): "shapes_iuq_s0",
         ("condinst", "baseline", 0): "shapes_condinst_s0", ("condinst", "full IUQ", 0): "shapes_condinst_iuq_s0"}
@@ -121,9 +133,14 @@ def run_one(preset: str, seed: int, overrides: dict, out: Path, *, extra: dict |
     manifest = json.loads((out / "manifest.json").read_text())
     hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines() if x.strip()]
     rates = [h["it_s"] for h in hist if "it_s" in h][1:]   # the first interval includes start-up
+    # the learning curve: the intermediate evaluations (eval_images val images), then the final one (all)
+    curve = [{"step": h["step"], "minutes": round(h["seconds"] / 60, 2), "AP": h["segm/AP"]} for h in hist
+             if "segm/AP" in h] + [{"step": manifest["iters"], "minutes": round(manifest["seconds"] / 60, 2),
+                                    "AP": summary["metrics"].get("segm/AP"), "final": True}]
     return {"preset": preset, "seed": seed, "overrides": overrides, "metrics": summary["metrics"],
             "step_s": round(1 / statistics.median(rates), 4) if rates else None,
-            "peak_mb": manifest.get("peak_mb"), "seconds": round(time.time() - t0, 1)}
+            "peak_mb": manifest.get("peak_mb"), "seconds": round(time.time() - t0, 1),
+            "commit": manifest.get("commit"), "dirty": manifest.get("dirty"), "curve": curve}
 
 
 def keep_checkpoint(run_dir: Path, name: str, *, threads: int = 2) -> dict:
@@ -177,7 +194,8 @@ def diagnose(name: str = "main") -> dict:
     out = []
     for path in sorted((ROOT / "runs" / "study" / name).glob("*/model.pt")):
         man = json.loads((path.parent / "manifest.json").read_text())
-        over = {k: v for k, v in man["overrides"].items() if k not in STUDY_SETTINGS and k != "train.seed"}
+        over = {k: v for k, v in man["overrides"].items()
+                if k not in SETTINGS.get(name, STUDY_SETTINGS) and k != "train.seed"}
         key = run_key(man["preset"], man["seed"], over)
         model, cfg = load_model(path)
         val = build_datasets(cfg.data)[1]
@@ -242,7 +260,7 @@ def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, row
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:      # another `reproduce` process is running it
                     continue
-                rec = {"row": row, **run_one(preset, seed, over, out, extra=STUDY_SETTINGS)}
+                rec = {"row": row, **run_one(preset, seed, over, out, extra=SETTINGS.get(name, STUDY_SETTINGS))}
                 if not _append(name, rec):
                     continue                 # finished meanwhile by another process
                 if (name, row, seed) in KEEP:
@@ -250,6 +268,20 @@ def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, row
                 lock.close()
                 done[name] = done.get(name, 0) + 1
     return {"new_runs": done}
+
+
+def recheck(name: str, row: str, seed: int) -> dict:
+    """Retrain one recorded run of study `name` at this revision (runs/recheck/...) and compare its mask AP
+    with the record: results match code when |delta| <= 0.1 (same machine type, one thread)."""
+    (preset, over), = [(p, o) for r, p, o, _ in STUDIES[name] if r == row]
+    recorded, = [r for r in row_runs(load_results(name)["runs"], preset, over) if r["seed"] == seed]
+    slug = "".join(ch if ch.isalnum() else "_" for ch in row).strip("_")
+    out = ROOT / "runs" / "recheck" / name / f"{slug}_s{seed}"
+    rec = run_one(preset, seed, over, out, extra=SETTINGS.get(name, STUDY_SETTINGS))
+    delta = rec["metrics"]["segm/AP"] - recorded["metrics"]["segm/AP"]
+    return {"study": name, "row": row, "seed": seed, "recorded_commit": recorded.get("commit"),
+            "commit": rec["commit"], "recorded_AP": recorded["metrics"]["segm/AP"],
+            "retrained_AP": rec["metrics"]["segm/AP"], "delta": round(delta, 2), "ok": abs(delta) <= 0.1}
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -294,6 +326,34 @@ def paired_deltas(name: str, metric: str = "segm/AP") -> dict[str, dict[int, flo
             if row != study[0][0] and vals}
 
 
+def paired_ci(deltas: list[float], level: float = 0.95) -> dict[str, float | int | None]:
+    """Mean of paired per-seed differences with its two-sided t confidence interval (n - 1 degrees of
+    freedom): {"n", "mean", "sd", "lo", "hi"}; lo / hi are None for fewer than two pairs."""
+    from scipy.stats import t as student_t
+    n = len(deltas)
+    if n == 0:
+        raise ValueError("paired_ci needs at least one paired difference")
+    mean = statistics.mean(deltas)
+    if n < 2:
+        return {"n": n, "mean": mean, "sd": None, "lo": None, "hi": None}
+    sd = statistics.stdev(deltas)
+    half = float(student_t.ppf(0.5 + level / 2, n - 1)) * sd / n ** 0.5
+    return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
+
+
+def gain_summary(name: str, metric: str = "segm/AP") -> str:
+    """One markdown line per row of study `name`: mean paired difference to its first row with the 95 % CI."""
+    lines = []
+    for row, d in paired_deltas(name, metric).items():
+        if not d:
+            continue
+        ci = paired_ci(list(d.values()))
+        span = f"95 % CI [{ci['lo']:+.1f}, {ci['hi']:+.1f}]" if ci["lo"] is not None else "one pair, no CI"
+        lines.append(f"- {row} − {STUDIES[name][0][0]}: mean paired ΔAP {ci['mean']:+.1f} over {ci['n']} seeds, "
+                     f"{span}")
+    return "\n".join(lines)
+
+
 def markdown_table(name: str) -> str:
     rows = summarize(name)
     if not rows:
@@ -317,7 +377,8 @@ def markdown_table(name: str) -> str:
 
 
 def readme_block(name: str) -> str:
-    return f"<!-- results:{name} -->\n{markdown_table(name)}\n<!-- /results:{name} -->"
+    gains = f"\n\n{gain_summary(name)}" if name == "long" and gain_summary(name) else ""
+    return f"<!-- results:{name} -->\n{markdown_table(name)}{gains}\n<!-- /results:{name} -->"
 
 
 def update_readme(path: Path = ROOT / "README.md") -> bool:
@@ -347,6 +408,10 @@ def main(argv: list[str] | None = None) -> None:
     u.add_argument("names", nargs="+")
     dg = sub.add_parser("diagnose", help="uniqueness + equivariance error of every finished run of a study")
     dg.add_argument("name", nargs="?", default="main")
+    rc = sub.add_parser("recheck", help="retrain one recorded run and compare its AP (results match code)")
+    rc.add_argument("name")
+    rc.add_argument("row")
+    rc.add_argument("seed", type=int)
     sub.add_parser("table", help="print the results tables and rewrite the README's generated blocks")
     args = ap.parse_args(argv)
     if args.cmd == "demo":
@@ -360,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
         out = {n: record_uniqueness(n)["query_uniqueness"] for n in args.names}
     elif args.cmd == "reproduce":
         out = reproduce(args.only, args.seeds, args.rows)
+    elif args.cmd == "recheck":
+        out = recheck(args.name, args.row, args.seed)
     else:
         out = {name: markdown_table(name) for name in STUDIES}
         for name, table in out.items():

@@ -57,3 +57,26 @@ def test_reproduce_reuses_a_run_recorded_by_another_study(tmp_path, monkeypatch)
     assert [(r["row"], r["metrics"]["segm/AP"], r["reused_from"]) for r in runs] == [("none", 20.0, "results/main.json")]
     # a second process that saw the same stale state appends nothing (the check runs under the results lock)
     assert not ex._append("capacity", {**rec, "row": "none"}) and len(ex.load_results("capacity")["runs"]) == 1
+
+
+def test_paired_ci_is_the_t_interval_with_n_minus_1_dof():
+    ci = ex.paired_ci([1.0, 2.0, 3.0])              # mean 2, sd 1, t(0.975, 2) = 4.3027
+    assert ci["n"] == 3 and ci["mean"] == pytest.approx(2.0) and ci["sd"] == pytest.approx(1.0)
+    assert (ci["lo"], ci["hi"]) == pytest.approx((2 - 4.302653 / 3 ** 0.5, 2 + 4.302653 / 3 ** 0.5), abs=1e-5)
+    wide, narrow = ex.paired_ci([1.0, 3.0]), ex.paired_ci([1.0, 3.0] * 5)   # more pairs: a narrower interval
+    assert wide["hi"] - wide["lo"] > narrow["hi"] - narrow["lo"]
+    assert ex.paired_ci([0.5])["lo"] is None
+    with pytest.raises(ValueError):
+        ex.paired_ci([])
+
+
+def test_gain_summary_states_the_mean_paired_delta_and_its_ci(tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "RESULTS", tmp_path)
+    runs = [{"row": row, "preset": preset, "seed": s, "overrides": {}, "metrics": {"segm/AP": ap}}
+            for row, preset, aps in (("baseline", "shapes_long", [40.0, 42.0, 41.0]),
+                                     ("full IUQ", "shapes_long_iuq", [41.0, 44.0, 42.0]))
+            for s, ap in enumerate(aps)]
+    (tmp_path / "long.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
+    line = ex.gain_summary("long")
+    ci = ex.paired_ci([1.0, 2.0, 1.0])
+    assert f"mean paired ΔAP +1.3 over 3 seeds, 95 % CI [{ci['lo']:+.1f}, {ci['hi']:+.1f}]" in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
+import iuq_lite as iuq
 from iuq_lite.data import shapes
 from iuq_lite.evaluate import coco_eval
 
@@ -103,3 +105,18 @@ def test_cache_is_reused(tmp_path, monkeypatch):
     assert shapes.ensure_dataset(**kw) == first
     with pytest.raises(AssertionError):  # other knobs -> another folder
         shapes.ensure_dataset(**kw, knobs={"transparent": 0.5})
+
+
+def test_dev_split_is_its_own_stream_and_reused(tiny_data):
+    """data.val_split="dev": a split for choosing schedules, generated beside train/val, never repeating val."""
+    from dataclasses import replace
+    cfg = iuq.config.from_preset("tiny", {"data.val_split": "dev"})
+    paths = shapes.ensure_from_config(cfg.data)
+    assert paths["root"] == tiny_data["root"] and paths["dev_ann"].endswith("instances_dev2017.json")
+    dev, val = (json.loads(open(paths[k]).read()) for k in ("dev_ann", "val_ann"))
+    assert len(dev["images"]) == cfg.data.num_val == len(val["images"])
+    assert dev["annotations"] != val["annotations"]
+    mtime = os.path.getmtime(paths["dev_ann"])
+    assert shapes.ensure_from_config(replace(cfg.data))["dev_ann"] == paths["dev_ann"]
+    assert os.path.getmtime(paths["dev_ann"]) == mtime          # reused, not regenerated
+    assert iuq.data.coco.build_datasets(cfg.data)[1].ann_file == Path(paths["dev_ann"])
