@@ -112,6 +112,22 @@ assert sml[2] == 0
 assert all(manifests[n]["metrics"]["segm/APl"] is None for n in ckpt)
 
 # %% [markdown]
+# ### Why the paper's deltas and ours can differ — beside IUQ itself
+#
+# Our studies change exactly one thing per row. The authors' released configurations change more than IUQ
+# (facts read from their public repository, JamesLiang819/Instance_Unique_Querying):
+#
+# * at commit 6ab0740 (2022-09-16, files later deleted) the Mask2Former "+ours" configs
+#   (`*_50e_coco_contrast.py`) run 737,500 iterations at batch 16 (≈ 100 COCO epochs, against 50 for the
+#   baseline config), with 1,120-px crops (baseline 1,024), an 8-layer pixel-decoder encoder (baseline 6),
+#   importance-sample ratio 0.85 (baseline 0.75) and test scale (1500, 1200) (baseline (1333, 800));
+# * their CondInst base config (`det/adet/configs/CondInst/Base-CondInst.yaml`, commit d997bb8) sets
+#   `DATASETS.TRAIN = ("coco_2017_val",)` — the split it is also tested on — and trains at shorter sides up
+#   to 1,024 px (max 2,048), beyond CondInst's usual 640–800 (max 1,333).
+#
+# So the paper's deltas may include more than IUQ; the table above measures IUQ alone.
+
+# %% [markdown]
 # ## 2 · AP per failure group
 #
 # Figure S3's five groups, measured: `segm/AP@<group>` evaluates the same detections with every ground
