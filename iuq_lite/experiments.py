@@ -92,6 +92,11 @@ STUDIES["long"] = [
     ("inter-scene only", "shapes_long", {"iuq.inter.enabled": True}, (0, 1, 2)),
     ("equivariance only", "shapes_long", {"iuq.equi.enabled": True}, (0, 1, 2)),
 ]
+# Choosing the converged schedule on the dev split (its own generator stream; never val): the preset's length
+# and twice it (the issue's test of convergence: doubling should gain < 1.5 AP). Curves: 250 dev images.
+STUDIES["dev"] = [(f"{n // 1000}k steps (dev split)", "shapes_long", {"data.val_split": "dev", "train.iters": n}, (0,))
+                  for n in (10_000, 20_000)]
+SETTINGS["dev"] = {"train.threads": 1}
 # Run folders whose weights the notebooks and figures load (fp16, <= 10 MB): checkpoints/<preset>_s<seed>/
 KEEP = {("main", "baseline", 0): "shapes_s0", ("main", "full IUQ", 0): "shapes_iuq_s0",
         ("condinst", "baseline", 0): "shapes_condinst_s0", ("condinst", "full IUQ", 0): "shapes_condinst_iuq_s0"}
@@ -119,8 +124,14 @@ def load_results(name: str) -> dict:
 
 
 def run_one(preset: str, seed: int, overrides: dict, out: Path, *, extra: dict | None = None) -> dict:
-    """Train one run in a fresh subprocess; returns its record (metrics, step_s, peak_mb, seconds)."""
+    """Train one run in a fresh subprocess; returns its record (metrics, step_s, peak_mb, seconds). A run
+    folder that already holds a finished run of this configuration is recorded as it is (not retrained)."""
     sets = {**overrides, **(extra or {}), "train.seed": seed}
+    if (out / "manifest.json").exists():
+        from .config import from_preset, to_dict
+        manifest = json.loads((out / "manifest.json").read_text())
+        if manifest["config"] == to_dict(from_preset(preset, sets)):
+            return _record(out, preset, seed, overrides, manifest["metrics"], manifest["seconds"])
     cmd = [sys.executable, "-m", "iuq_lite.train", "--preset", preset, "--out", str(out), "--resume",
            "--no-progress"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v!r}")]
     print(f"[reproduce] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
@@ -129,17 +140,22 @@ def run_one(preset: str, seed: int, overrides: dict, out: Path, *, extra: dict |
     stdout, _ = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"run failed ({proc.returncode}): {' '.join(cmd)}")
-    summary = json.loads(stdout.strip().splitlines()[-1])
+    return _record(out, preset, seed, overrides, json.loads(stdout.strip().splitlines()[-1])["metrics"],
+                   time.time() - t0)
+
+
+def _record(out: Path, preset: str, seed: int, overrides: dict, metrics: dict, seconds: float) -> dict:
+    """The results/*.json record of the finished run in `out`."""
     manifest = json.loads((out / "manifest.json").read_text())
     hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines() if x.strip()]
     rates = [h["it_s"] for h in hist if "it_s" in h][1:]   # the first interval includes start-up
     # the learning curve: the intermediate evaluations (eval_images val images), then the final one (all)
     curve = [{"step": h["step"], "minutes": round(h["seconds"] / 60, 2), "AP": h["segm/AP"]} for h in hist
              if "segm/AP" in h] + [{"step": manifest["iters"], "minutes": round(manifest["seconds"] / 60, 2),
-                                    "AP": summary["metrics"].get("segm/AP"), "final": True}]
-    return {"preset": preset, "seed": seed, "overrides": overrides, "metrics": summary["metrics"],
+                                    "AP": metrics.get("segm/AP"), "final": True}]
+    return {"preset": preset, "seed": seed, "overrides": overrides, "metrics": metrics,
             "step_s": round(1 / statistics.median(rates), 4) if rates else None,
-            "peak_mb": manifest.get("peak_mb"), "seconds": round(time.time() - t0, 1),
+            "peak_mb": manifest.get("peak_mb"), "seconds": round(seconds, 1),
             "commit": manifest.get("commit"), "dirty": manifest.get("dirty"), "curve": curve}
 
 

@@ -80,3 +80,18 @@ def test_gain_summary_states_the_mean_paired_delta_and_its_ci(tmp_path, monkeypa
     line = ex.gain_summary("long")
     ci = ex.paired_ci([1.0, 2.0, 1.0])
     assert f"mean paired ΔAP +1.3 over 3 seeds, 95 % CI [{ci['lo']:+.1f}, {ci['hi']:+.1f}]" in line
+
+
+def test_a_finished_run_folder_is_recorded_not_retrained(tmp_path, monkeypatch):
+    """reproduce resumes: a run folder whose manifest has this exact configuration is recorded as it is."""
+    from iuq_lite.config import from_preset, to_dict
+    sets = {"train.iters": 5, "train.threads": 1, "train.seed": 0}
+    manifest = {"config": to_dict(from_preset("tiny", sets)), "iters": 5, "seconds": 9.0, "peak_mb": 10,
+                "commit": "abc", "dirty": False, "metrics": {"segm/AP": 1.5}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "history.jsonl").write_text(json.dumps({"step": 2, "seconds": 3.0, "segm/AP": 0.5}) + "\n")
+    monkeypatch.setattr(ex.subprocess, "Popen", lambda *a, **k: pytest.fail("retrained a finished run"))
+    rec = ex.run_one("tiny", 0, {"train.iters": 5}, tmp_path, extra={"train.threads": 1})
+    assert rec["metrics"] == {"segm/AP": 1.5} and rec["commit"] == "abc"
+    assert rec["curve"] == [{"step": 2, "minutes": 0.05, "AP": 0.5},
+                            {"step": 5, "minutes": 0.15, "AP": 1.5, "final": True}]
