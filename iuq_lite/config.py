@@ -86,6 +86,9 @@ class EquiConfig:
     kinds: tuple = ("hflip", "crop")
     ranges: dict = field(default_factory=dict)  # e.g. {"crop": (0.6, 1.0), "rotate": (0, 60), "scale": (0.5, 2)}
     as_augmentation: bool = False        # Table S3 control: einsum(E^g, f(g(I))) with the full base loss
+    # Investigation (METHOD §4 step 1 keeps F = f(I) WITH gradient, our reading): True detaches g(F), so only
+    # E^g learns from Eq. 8 and the pixel features are not pulled towards g(f(I)).
+    detach_features: bool = False
     # Our choice (METHOD §4 step 5 says "no class loss"): also the class CE of the re-matched g(I) queries, so
     # Eq. 8 and the augmentation control differ ONLY in the features; mask-only fell behind (notebook 04).
     class_loss: bool = True

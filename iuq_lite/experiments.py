@@ -91,6 +91,10 @@ STUDIES["long"] = [
     ("full IUQ", "shapes_long_iuq", {}, LONG_SEEDS),
     ("inter-scene only", "shapes_long", {"iuq.inter.enabled": True}, (0, 1, 2)),
     ("equivariance only", "shapes_long", {"iuq.equi.enabled": True}, (0, 1, 2)),
+    # only if full IUQ still trails the baseline: the two weakest points of our reconstruction (METHOD marks
+    # both as our choices), run after the rows above (reproduce --rows NAME to pick)
+    ("full IUQ, Eq. 8 with g(F) detached", "shapes_long_iuq", {"iuq.equi.detach_features": True}, (0, 1, 2)),
+    ("full IUQ, Eq. 5 over matched queries", "shapes_long_iuq", {"iuq.inter.queries": "matched"}, (0, 1, 2)),
 ]
 # Choosing the converged schedule on the dev split (its own generator stream; never val): the preset's length
 # and twice it (the test of convergence: doubling should gain < 1.5 AP). Curves: 250 dev images.

@@ -211,7 +211,7 @@ class DotProductAdapter:
 
 def equivariance_loss(out_g: dict, features: torch.Tensor, targets: list[dict], g: transforms.GeoTransform, *,
                       mask_criterion: Callable[..., torch.Tensor], as_augmentation: bool = False,
-                      adapter: DotProductAdapter | None = None) -> torch.Tensor:
+                      adapter: DotProductAdapter | None = None, detach_features: bool = False) -> torch.Tensor:
     """Transformation-equivariance loss (METHOD §4, Eq. 8) for one transform g, NOT multiplied by lambda.
 
     out_g: outputs on g(I) ("pred_logits" [B,Q,K+1], "mask_embed" E^g [B,Q,C], ...); features: F = f(I)
@@ -220,12 +220,14 @@ def equivariance_loss(out_g: dict, features: torch.Tensor, targets: list[dict], 
     (5 BCE + 5 dice on points inside `valid`, re-matched, / all-reduced number of g(M) masks). Logits =
     einsum('bqc,bchw->bqhw', E^g, g(F)) (adapter.mask_logits); targets g(M) without the instances g empties.
     as_augmentation (Table S3 control): logits from the transformed image's OWN features f(g(I)).
+    detach_features (investigation): g(F) without gradient, so only E^g learns from this loss.
     All-empty g(M) gives 0, still in the graph (the criterion's zero).
     """
     adapter = adapter or DotProductAdapter()
     targets_g = transform_targets(targets, g)
     out_g = adapter.assign(out_g, targets_g)               # target-dependent queries (CondInst) are g(M)'s
-    feats = adapter.features(out_g) if as_augmentation else g.features(features)
+    feats = adapter.features(out_g) if as_augmentation else g.features(
+        features.detach() if detach_features else features)
     logits = adapter.mask_logits(adapter.embed(out_g), feats)                         # [B,Q,h',w']
     valid = valid_region(targets, g, g.image_size, logits.device) if targets else None
     final = {k: v for k, v in out_g.items() if k != "aux_outputs"}                    # final layer only
@@ -360,7 +362,8 @@ class IUQCriterion:
         if step_targets is not None:
             crit = functools.partial(crit, norm_targets=transform_targets(step_targets, g))
         return equivariance_loss(out_g, self.adapter.features(outputs), targets, g, mask_criterion=crit,
-                                 as_augmentation=self.cfg.equi.as_augmentation, adapter=self.adapter)
+                                 as_augmentation=self.cfg.equi.as_augmentation, adapter=self.adapter,
+                                 detach_features=self.cfg.equi.detach_features)
 
     # -- public ------------------------------------------------------------------------------------------
     def __call__(self, model: Callable, images: torch.Tensor, targets: list[dict], *, step: int,

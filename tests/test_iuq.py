@@ -377,6 +377,22 @@ def test_equivariance_loss_with_set_criterion_drops_empty_and_keeps_graph():
     assert float(loss.detach()) > 0 and model.scale.grad is not None
 
 
+def test_detached_features_give_the_same_loss_and_no_gradient_to_f():
+    """iuq.equi.detach_features (investigation row): same value, but only E^g learns from Eq. 8."""
+    images, targets = _instance_batch()
+    flip = T.GeoTransform("hflip", {}, (32, 32), 4)
+    feats = torch.randn(2, 8, 8, 8, requires_grad=True)
+    embed = torch.randn(2, 3, 8, requires_grad=True)
+    out_g = {"pred_logits": torch.zeros(2, 3, 3), "mask_embed": embed}
+    vals = [iuq.equivariance_loss(out_g, feats, targets, flip, mask_criterion=dense_mask_loss, detach_features=d)
+            for d in (False, True)]
+    torch.testing.assert_close(vals[0], vals[1])
+    g_attached = torch.autograd.grad(vals[0], [feats, embed])
+    g_feats, g_embed = torch.autograd.grad(vals[1], [feats, embed], allow_unused=True)
+    assert g_attached[0].abs().sum() > 0 and g_feats is None
+    torch.testing.assert_close(g_embed, g_attached[1])
+
+
 # ---------------------------------------------------------------------------------- IUQCriterion
 class ToySeg(nn.Module):
     """Pointwise stride-4 features, queries = learned + globally pooled features, two decoder layers."""
