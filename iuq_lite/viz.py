@@ -243,3 +243,23 @@ def show_grouped_bars(values: dict[str, dict], *, ylabel: str = "", title: str |
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def show_learning_curves(curves: dict[str, list[dict]], *, size: tuple[float, float] = (10, 3.4)):
+    """AP against training steps and against minutes, one line per run: curves {label: [{"step", "minutes",
+    "AP", "final"?}, ...]} as results/*.json records them (`experiments._record`). The final point (all val
+    images) is drawn as a filled marker, the intermediate ones (a subset) as open ones. Returns the Figure."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=size, sharey=True)
+    for color, (label, pts) in zip(palette(max(len(curves), 1)), curves.items()):
+        for ax, key in zip(axes, ("step", "minutes")):
+            ax.plot([p[key] for p in pts], [p["AP"] for p in pts], "-o", color=color, mfc="none", label=label)
+            ax.plot([p[key] for p in pts if p.get("final")], [p["AP"] for p in pts if p.get("final")], "o",
+                    color=color)
+    for ax, xlabel in zip(axes, ("training steps", "minutes (one thread, two runs sharing 2 cores)")):
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mask AP")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

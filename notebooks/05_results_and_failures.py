@@ -112,6 +112,25 @@ assert sml[2] == 0
 assert all(manifests[n]["metrics"]["segm/APl"] is None for n in ckpt)
 
 # %% [markdown]
+# ### Learning curves in the converged regime
+#
+# The short-schedule rows above stop at 1,500 steps, while the baseline is still climbing. The converged
+# presets (`shapes_long`: flip + scale-jitter augmentation, 128-px crop) chose their length on the **dev**
+# split (its own generator stream; `results/dev.json`: the preset's length and twice it), and the converged
+# study (`results/long.json`) records every run's curve: mask AP on 250 images every 2,000 steps (open
+# markers) and on the whole split at the end (filled). Curves appear here as those runs are recorded.
+
+# %%
+curves = {f"{name}: {r['row']}": r["curve"] for name in ("dev", "long")
+          for r in iuq.experiments.load_results(name)["runs"] if r["seed"] == 0 and "curve" in r}
+for label, pts in curves.items():
+    print(f"{label:40s}", "  ".join(f"{p['step']}: {p['AP']:.1f}" for p in pts))
+if curves:
+    fig = iuq.viz.show_learning_curves(curves)
+for name in ("dev", "long"):              # the last point of every curve is the run's recorded AP
+    assert all(r["curve"][-1]["AP"] == r["metrics"]["segm/AP"] for r in iuq.experiments.load_results(name)["runs"])
+
+# %% [markdown]
 # ### Why the paper's deltas and ours can differ — beside IUQ itself
 #
 # Our studies change exactly one thing per row. The authors' released configurations change more than IUQ
