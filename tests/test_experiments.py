@@ -95,3 +95,15 @@ def test_a_finished_run_folder_is_recorded_not_retrained(tmp_path, monkeypatch):
     assert rec["metrics"] == {"segm/AP": 1.5} and rec["commit"] == "abc"
     assert rec["curve"] == [{"step": 2, "minutes": 0.05, "AP": 0.5},
                             {"step": 5, "minutes": 0.15, "AP": 1.5, "final": True}]
+
+
+def test_recheck_compares_a_retrained_run_with_its_record(tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "RESULTS", tmp_path)
+    runs = [{"row": "baseline", "preset": "shapes_long", "seed": 0, "overrides": {}, "commit": "abc",
+             "metrics": {"segm/AP": 45.0}}]
+    (tmp_path / "long.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
+    for retrained, ok in ((45.08, True), (44.8, False)):
+        monkeypatch.setattr(ex, "run_one", lambda *a, ap=retrained, **k: {"metrics": {"segm/AP": ap}, "commit": "def"})
+        out = ex.recheck("long", "baseline", 0)
+        assert out["ok"] is ok and out["recorded_commit"] == "abc" and out["commit"] == "def"
+        assert out["delta"] == pytest.approx(retrained - 45.0, abs=0.01)
