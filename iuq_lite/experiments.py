@@ -132,9 +132,10 @@ def run_one(preset: str, seed: int, overrides: dict, out: Path, *, extra: dict |
     folder that already holds a finished run of this configuration is recorded as it is (not retrained)."""
     sets = {**overrides, **(extra or {}), "train.seed": seed}
     if (out / "manifest.json").exists():
-        from .config import from_preset, to_dict
+        from .config import from_dict, from_preset
         manifest = json.loads((out / "manifest.json").read_text())
-        if manifest["config"] == to_dict(from_preset(preset, sets)):
+        # (from_dict: options added since the run take their defaults, which the run had)
+        if from_dict(manifest["config"]) == from_preset(preset, sets):
             return _record(out, preset, seed, overrides, manifest["metrics"], manifest["seconds"])
     cmd = [sys.executable, "-m", "iuq_lite.train", "--preset", preset, "--out", str(out), "--resume",
            "--no-progress"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v!r}")]
