@@ -13,7 +13,7 @@ venv: $(STAMP)
 # Re-install only when the package metadata changes (idempotent, fast when already installed).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,browser]'
 	@touch $(STAMP)
 
 demo: venv            ## generate the embedded data, train baseline + IUQ briefly, print the COCO tables
@@ -27,8 +27,13 @@ unit: venv
 nbtest: venv
 	$(PY) -m pytest $(NBVAL) notebooks/
 
-lab: venv             ## JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab notebooks/
+# make lab [LAB_IP=0.0.0.0] [LAB_PORT=8888] [LAB_NO_BROWSER=1]: prints the URL (with its token) to open.
+# LAB_IP=0.0.0.0 listens on every interface (a container's published port); the default is this machine only.
+LAB_IP         ?= 127.0.0.1
+LAB_PORT       ?= 8888
+LAB_NO_BROWSER ?=
+lab: venv             ## JupyterLab on the notebooks (as root too); see scripts/lab.py
+	$(PY) scripts/lab.py notebooks --ip=$(LAB_IP) --port=$(LAB_PORT) $(if $(LAB_NO_BROWSER),--no-browser)
 
 notebooks: venv       ## regenerate every .ipynb from its .py source (no outputs)
 	@for f in notebooks/[0-9][0-9]_*.py; do $(VENV)/bin/jupytext --quiet --to ipynb "$$f" || exit 1; done
