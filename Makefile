@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 NBVAL  := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
 export MPLBACKEND ?= Agg
 
-.PHONY: venv demo test unit nbtest lab notebooks figures reproduce bench clean-data
+.PHONY: venv demo test unit nbtest browser lab notebooks figures reproduce bench clean-data
 
 venv: $(STAMP)
 
@@ -19,13 +19,16 @@ $(STAMP): pyproject.toml
 demo: venv            ## generate the embedded data, train baseline + IUQ briefly, print the COCO tables
 	$(PY) -m iuq_lite.experiments demo
 
-test: unit nbtest     ## unit tests, then every notebook under nbval (two separate pytest runs)
+test: unit nbtest browser  ## unit tests, every notebook under nbval, then every notebook in JupyterLab
 
 unit: venv
 	$(PY) -m pytest tests
 
 nbtest: venv
 	$(PY) -m pytest $(NBVAL) notebooks/
+
+browser: venv         ## every notebook run in JupyterLab in headless Chromium (apt-get install chromium)
+	$(PY) -m pytest tests/browser
 
 # make lab [LAB_IP=0.0.0.0] [LAB_PORT=8888] [LAB_NO_BROWSER=1]: prints the URL (with its token) to open.
 # LAB_IP=0.0.0.0 listens on every interface (a container's published port); the default is this machine only.

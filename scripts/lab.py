@@ -37,6 +37,17 @@ def free_port(ip: str) -> int:
         return s.getsockname()[1]
 
 
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """(known options, the rest for `jupyter lab`)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dir", nargs="?", default=".", help="the folder JupyterLab shows (its root)")
+    ap.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    ap.add_argument("--port", type=int, default=8888, help="0 = any free port")
+    ap.add_argument("--no-browser", action="store_true", help="do not open a browser on this machine")
+    ap.add_argument("--token", default=None, help="default: a random one")
+    return ap.parse_known_args(argv)
+
+
 def command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], str]:
     """(the `jupyter lab` argv, the URL to open) for parsed `args`; picks the port and token."""
     port = args.port if args.port and port_is_free(args.ip, args.port) else free_port(args.ip)
@@ -54,18 +65,15 @@ def command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], str]
     return argv + extra, f"http://{host}:{port}/lab?token={token}"
 
 
+def child_env(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` without MPLBACKEND=Agg (headless); any other backend someone chose is kept."""
+    return {k: v for k, v in environ.items() if not (k == "MPLBACKEND" and v.lower() == "agg")}
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("dir", nargs="?", default=".", help="the folder JupyterLab shows (its root)")
-    ap.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    ap.add_argument("--port", type=int, default=8888, help="0 = any free port")
-    ap.add_argument("--no-browser", action="store_true", help="do not open a browser on this machine")
-    ap.add_argument("--token", default=None, help="default: a random one")
-    args, extra = ap.parse_known_args(argv)
-    cmd, url = command(args, extra)
+    cmd, url = command(*parse(argv))
     print(f"JupyterLab: {url}", flush=True)
-    env = {k: v for k, v in os.environ.items() if not (k == "MPLBACKEND" and v.lower() == "agg")}
-    os.execve(cmd[0], cmd, env)
+    os.execve(cmd[0], cmd, child_env(dict(os.environ)))
 
 
 if __name__ == "__main__":
