@@ -84,6 +84,19 @@ def problems(page: Page) -> list[str]:
     return found
 
 
+def screenshot_whole(page: Page, path, *, max_height: int = 16000) -> None:
+    """A screenshot of the whole notebook: the window made as tall as the notebook's scrolled content (up to
+    `max_height` px, below Chromium's texture limit) for the picture, then set back."""
+    size = page.viewport_size
+    content = page.evaluate("() => document.querySelector('.jp-WindowedPanel-outer')?.scrollHeight ?? 0")
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(max_height, content + 200))})
+    try:
+        page.locator(".jp-WindowedPanel-outer").evaluate("e => e.scrollTo(0, 0)")
+        page.screenshot(path=str(path))
+    finally:
+        page.set_viewport_size(size)
+
+
 def image_src(widget: Locator) -> str:
     """The data URL of the (first) picture drawn inside `widget`, '' while there is none."""
     img = widget.locator("img")
@@ -101,10 +114,15 @@ def wait_new_image(widget: Locator, old: str, *, timeout_s: float = 120) -> str:
     return image_src(widget)
 
 
+def slider_readout(widget: Locator, label: str) -> Locator:
+    """The editable number beside the slider labelled `label`."""
+    return widget.locator(".widget-slider").filter(has=widget.page.locator(f"label:text-is('{label}')")) \
+        .locator(".widget-readout")
+
+
 def set_slider(widget: Locator, label: str, value: float) -> None:
     """Type `value` into the readout of the slider labelled `label` and press Enter, as a person would."""
-    readout = widget.locator(".widget-slider").filter(has=widget.page.locator(f"label:text-is('{label}')")) \
-        .locator(".widget-readout")
+    readout = slider_readout(widget, label)
     readout.click()
     readout.press("Control+A")
     readout.type(str(value))
