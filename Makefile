@@ -6,20 +6,20 @@ STAMP  := $(VENV)/.installed-stamp
 NBVAL  := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
 export MPLBACKEND ?= Agg
 
-.PHONY: venv demo test unit nbtest lab notebooks figures reproduce bench clean-data
+.PHONY: venv demo test unit nbtest browser lab notebooks figures reproduce bench clean-data
 
 venv: $(STAMP)
 
 # Re-install only when the package metadata changes (idempotent, fast when already installed).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,browser]'
 	@touch $(STAMP)
 
 demo: venv            ## generate the embedded data, train baseline + IUQ briefly, print the COCO tables
 	$(PY) -m iuq_lite.experiments demo
 
-test: unit nbtest     ## unit tests, then every notebook under nbval (two separate pytest runs)
+test: unit nbtest browser  ## unit tests, every notebook under nbval, then every notebook in JupyterLab
 
 unit: venv
 	$(PY) -m pytest tests
@@ -27,8 +27,16 @@ unit: venv
 nbtest: venv
 	$(PY) -m pytest $(NBVAL) notebooks/
 
-lab: venv             ## JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab notebooks/
+browser: venv         ## every notebook run in JupyterLab in headless Chromium (apt-get install chromium)
+	$(PY) -m pytest tests/browser
+
+# make lab [LAB_IP=0.0.0.0] [LAB_PORT=8888] [LAB_NO_BROWSER=1]: prints the URL (with its token) to open.
+# LAB_IP=0.0.0.0 listens on every interface (a container's published port); the default is this machine only.
+LAB_IP         ?= 127.0.0.1
+LAB_PORT       ?= 8888
+LAB_NO_BROWSER ?=
+lab: venv             ## JupyterLab on the notebooks (as root too); see scripts/lab.py
+	$(PY) scripts/lab.py notebooks --ip=$(LAB_IP) --port=$(LAB_PORT) $(if $(LAB_NO_BROWSER),--no-browser)
 
 notebooks: venv       ## regenerate every .ipynb from its .py source (no outputs)
 	@for f in notebooks/[0-9][0-9]_*.py; do $(VENV)/bin/jupytext --quiet --to ipynb "$$f" || exit 1; done

@@ -225,7 +225,7 @@ assert torch.isclose(losses["loss_ce"], cfg.loss.class_weight * ce)
 if TRAIN_TINY:
     tiny = iuq.config.from_preset("tiny", {"train.log_every": 2, "train.eval_at_end": False})
     with tempfile.TemporaryDirectory() as run_dir:
-        result = iuq.train.train(tiny, out=run_dir, progress=False)
+        result = iuq.train.train(tiny, out=run_dir, progress=True)    # a tqdm bar (a widget in Jupyter)
     hist = result.history
     plt.figure(figsize=(6, 3))
     for key in ("loss", "loss_ce", "loss_mask", "loss_dice"):

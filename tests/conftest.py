@@ -5,6 +5,9 @@ import pytest
 
 from iuq_lite.data import shapes
 
+# tests/browser/ drives JupyterLab in Chromium (minutes): its own step, `make browser`, never part of `make unit`
+collect_ignore = ["browser"]
+
 
 @pytest.fixture(scope="session")
 def tiny_data() -> dict[str, str]:
