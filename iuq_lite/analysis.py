@@ -25,7 +25,8 @@ from pycocotools.coco import COCO
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from .data.coco import collate, encode_masks, index_coco, load_image
+from .data.coco import collate, load_image
+from .data.format import encode_masks, index_coco
 from .data.shapes import GROUPS  # the five failure groups of Figure S3, one definition
 from .evaluate import eval_mode
 from .matcher import HungarianMatcher

@@ -11,6 +11,7 @@ every variant alike; re-run on an idle machine before quoting them.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -20,6 +21,15 @@ import time
 from collections.abc import Callable
 
 import torch
+
+from .config import from_preset
+from .data.coco import build_datasets
+from .evaluate import postprocess
+from .experiments import STUDIES
+from .iuq import IUQCriterion, TwoViews
+from .iuq import inter as K
+from .model import build_criterion, build_model, iuq_adapter
+from .train import batches, build_optimizer
 
 # B=2 images, Q=100 queries, C=256, M=100k memory pixels: Mask2Former R50 on COCO, per GPU (METHOD §2).
 INTER_SHAPE = {"B": 2, "Q": 100, "C": 256, "M": 100_000}
@@ -40,8 +50,6 @@ def _inter_inputs(B: int, Q: int, C: int, M: int, seed: int = 0) -> tuple[torch.
 def _inter_variants(embed: torch.Tensor, memory: torch.Tensor) -> dict[str, Callable[[], None]]:
     """name -> one forward + backward. 'bare' = einsum forward + its backward with a precomputed upstream
     gradient (the floor: the two matmuls any implementation needs)."""
-    from . import inter_kernel as K
-
     upstream = torch.randn(embed.shape[0], embed.shape[1], memory.shape[0])
 
     def bare() -> None:
@@ -115,8 +123,6 @@ def bench_inter_loss(runs: int = 7, naive_runs: int = 3) -> dict:
     against the bare einsum forward + backward: median of `runs` alternating runs after warm-up; targets
     time ratio <= 1.3 and peak extra memory <= 2 x one [B,Q,M] fp32 tensor (measured in fresh processes).
     The naive version (einsum + torchvision sigmoid_focal_loss) is printed beside it."""
-    from . import inter_kernel as K
-
     torch.manual_seed(0)
     s = INTER_SHAPE
     embed, memory = _inter_inputs(**s)
@@ -179,11 +185,6 @@ def bench_inter_loss(runs: int = 7, naive_runs: int = 3) -> dict:
 
 # ------------------------------------------------------------------------------------ training step / infer
 def _step_setup(preset: str, overrides: dict):
-    from .config import from_preset
-    from .data.coco import build_datasets
-    from .iuq import IUQCriterion
-    from .model import build_criterion, build_model, iuq_adapter
-    from .train import batches, build_optimizer
     cfg = from_preset(preset, overrides)
     torch.manual_seed(0)
     train_ds, _ = build_datasets(cfg.data)
@@ -224,7 +225,6 @@ def bench_step(steps: int = 10, rounds: int = 4, preset: str = "shapes", warmup:
                     "equi-only": (preset, {"iuq.equi.enabled": True}),
                     "full IUQ": (preset, {"iuq.inter.enabled": True, "iuq.equi.enabled": True})}
     else:
-        from .experiments import STUDIES
         variants = {row: (p, over) for row, p, over, _ in STUDIES[study]}
     fns = {name: _step_setup(*pre_over) for name, pre_over in variants.items()}
     for name, fn in fns.items():      # warm-up; the memory reaches capacity (20k px) after ~40 steps
@@ -252,9 +252,6 @@ def bench_step(steps: int = 10, rounds: int = 4, preset: str = "shapes", warmup:
 def bench_infer(shapes_batches: int = 10, coco_runs: int = 3) -> dict:
     """Inference images/s: the `shapes` model (batch 8, 128 px, forward + post-processing) and the `coco_r50`
     model on one 800x1333 image (padded to 800x1344), CPU fp32, random weights (speed does not depend on them)."""
-    from .config import from_preset
-    from .evaluate import postprocess
-    from .model import build_model
     out = {"threads": torch.get_num_threads()}
     for preset, shape, runs in (("shapes", (8, 3, 128, 128), shapes_batches),
                                 ("coco_r50", (1, 3, 800, 1344), coco_runs)):
@@ -300,10 +297,6 @@ def gpu_step_figures(preset: str, *, device: torch.device, batch: int = 2, size:
                      warmup: int = 5, overrides: dict | None = None) -> dict:
     """Training steps of `preset` (random init, bf16 autocast per train.amp) on random images: images/s and
     peak memory. The pixel memory starts FULL (random features): the steady state of a long run."""
-    from .config import from_preset
-    from .iuq import IUQCriterion, TwoViews
-    from .model import build_criterion, build_model, iuq_adapter
-    from .train import build_optimizer
     cfg = from_preset(preset, {"model.pretrained": None, **(overrides or {})})
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
@@ -366,7 +359,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"usage: python -m iuq_lite.bench NAME   (NAME in: {', '.join(BENCHMARKS)}); "
                          "step also takes --preset P --study S --steps N --rounds R --warmup W")
     if argv[0] == "step":
-        import argparse
         p = argparse.ArgumentParser(prog="python -m iuq_lite.bench step")
         p.add_argument("--preset", default="shapes")
         p.add_argument("--study", default=None, help="time every row of this experiments study instead")

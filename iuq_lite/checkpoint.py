@@ -19,6 +19,7 @@ import torch
 
 from . import utils
 from .config import Config, from_dict, to_dict
+from .model import build_model
 
 
 def checkpoints(out: str | Path) -> list[Path]:
@@ -85,7 +86,6 @@ def restore_rng(rng: list[dict] | dict) -> None:
 
 def load_model(path: str | Path, *, device: str = "cpu") -> tuple[torch.nn.Module, Config]:
     """Rebuild a model from OUT/model.pt (weights_only load, strict), in eval mode."""
-    from .model import build_model
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist (run `make reproduce` or train first)")
@@ -96,11 +96,12 @@ def load_model(path: str | Path, *, device: str = "cpu") -> tuple[torch.nn.Modul
     return model.to(device).eval(), cfg
 
 
-def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, Config, dict]:
-    """A committed checkpoint (checkpoints/<name>/model.pt, relative paths from the project root) with its
-    manifest, loaded strictly: the weights' sha256 and config must match the manifest (notebooks never retrain)."""
-    from .experiments import ROOT
-    path = ROOT / path
+def load_checkpoint(path: str | Path, *, root: str | Path | None = None) -> tuple[torch.nn.Module, Config, dict]:
+    """A committed checkpoint (checkpoints/<name>/model.pt) with its manifest, loaded strictly: the weights'
+    sha256 and config must match the manifest (notebooks never retrain). A relative `path` is taken relative
+    to `root` when given (notebooks pass the repository root, iuq.experiments.ROOT), else to the working
+    directory."""
+    path = Path(path) if root is None else Path(root) / path
     model, cfg = load_model(path)                   # FileNotFoundError names the path: run `make reproduce`
     manifest = json.loads((path.parent / "manifest.json").read_text())
     # configs compared with defaults filled in: a checkpoint stays loadable when later versions add config keys

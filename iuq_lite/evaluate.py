@@ -27,8 +27,11 @@ import torch.nn.functional as F
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from iuq_lite.data.coco import encode_masks, index_coco, rle_json
+from iuq_lite.checkpoint import load_model
+from iuq_lite.data.coco import CocoInstances, collate, dataset_files
+from iuq_lite.data.format import encode_masks, index_coco, rle_json
 from iuq_lite.data.shapes import GROUPS
+from iuq_lite.utils import pick_device
 
 
 @contextlib.contextmanager
@@ -153,7 +156,6 @@ def evaluate(model: torch.nn.Module, dataset: Any, *, out_json: str | Path | Non
     category id). collate_fn (default data.coco.collate) pads to [B,3,Hp,Wp] and adds target["size"] (valid
     h, w). topk: default model.test_topk, else 50. out_json: where to write the results list. The model's
     train/eval mode is restored afterwards, so a training loop can call this."""
-    from iuq_lite.data.coco import collate
     topk = topk or getattr(model, "test_topk", None) or 50
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          collate_fn=collate_fn or collate)
@@ -177,10 +179,6 @@ def evaluate(model: torch.nn.Module, dataset: Any, *, out_json: str | Path | Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    from iuq_lite.data.coco import CocoInstances, dataset_files
-    from iuq_lite.train import load_model
-    from iuq_lite.utils import pick_device
-
     p = argparse.ArgumentParser(description="COCO segm evaluation of a run's model.pt")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--images", default=None, help="image folder (default: the config's val split)")

@@ -1,6 +1,6 @@
 """The reproduction study (`make reproduce`) and the demo (`make demo`).
 
-    python -m iuq_lite.experiments demo                 # ~9 min on 2 cores: data, baseline vs IUQ (demo.py)
+    python -m iuq_lite.experiments demo                 # ~9 min on 2 cores: data, baseline vs IUQ (`demo`)
     python -m iuq_lite.experiments reproduce [--only main] [--seeds 0 1 2]
     python -m iuq_lite.experiments table                # README results tables from results/*.json
     python -m iuq_lite.experiments recheck long baseline 0   # retrain a recorded run: AP within 0.1?
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -24,6 +26,13 @@ from typing import Any
 import torch
 
 from . import utils
+from .analysis import equivariance_errors, query_uniqueness
+from .checkpoint import load_checkpoint, load_model
+from .config import from_dict, from_preset
+from .data import shapes
+from .data.coco import build_datasets
+from .evaluate import evaluate
+from .train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -132,7 +141,6 @@ def run_one(preset: str, seed: int, overrides: dict, out: Path, *, extra: dict |
     folder that already holds a finished run of this configuration is recorded as it is (not retrained)."""
     sets = {**overrides, **(extra or {}), "train.seed": seed}
     if (out / "manifest.json").exists():
-        from .config import from_dict, from_preset
         manifest = json.loads((out / "manifest.json").read_text())
         # (from_dict: options added since the run take their defaults, which the run had)
         if from_dict(manifest["config"]) == from_preset(preset, sets):
@@ -169,9 +177,6 @@ def keep_checkpoint(run_dir: Path, name: str, *, threads: int = 2) -> dict:
     re-measured on the fp16 weights (the training-time fp32 figures stay as "metrics_fp32"), so that
     re-evaluating the committed file reproduces them (tests/test_checkpoints.py, |dAP| <= 0.1). Query
     uniqueness (dot-product mask embeddings) is recorded for Mask2Former-style models only."""
-    from .data.coco import build_datasets
-    from .evaluate import evaluate
-    from .train import load_model
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     dst = CHECKPOINTS / name
@@ -193,9 +198,6 @@ UNIQUENESS = {"num_images": 50, "threshold": 0.5, "seed": 0}   # notebook 02 re-
 def record_uniqueness(name: str) -> dict:
     """Add the query-uniqueness figures of checkpoints/<name> (analysis.query_uniqueness with UNIQUENESS) to
     its manifest, so notebook 02 can check that the committed weights reproduce them."""
-    from .analysis import query_uniqueness
-    from .data.coco import build_datasets
-    from .train import load_checkpoint
     model, cfg, manifest = load_checkpoint(CHECKPOINTS / name / "model.pt")
     u = query_uniqueness(model, build_datasets(cfg.data)[1], **UNIQUENESS)
     manifest["query_uniqueness"] = {**{k: v for k, v in u.items() if not torch.is_tensor(v)}, **UNIQUENESS}
@@ -208,9 +210,6 @@ def diagnose(name: str = "main") -> dict:
     uniqueness (analysis.query_uniqueness with UNIQUENESS) and the feature equivariance error ||f(g(I)) -
     g(f(I))|| / ||g(f(I))|| for hflip and crop (analysis.equivariance_errors, 64 val images, seed 0), written to
     results/<name>_diagnostics.json. They say whether each loss does what it claims, whatever the AP does."""
-    from .analysis import equivariance_errors, query_uniqueness
-    from .data.coco import build_datasets
-    from .train import load_model
     rows = {run_key(p, s, o): r for r, p, o, seeds in STUDIES[name] for s in seeds}
     out = []
     for path in sorted((ROOT / "runs" / "study" / name).glob("*/model.pt")):
@@ -350,7 +349,7 @@ def paired_deltas(name: str, metric: str = "segm/AP") -> dict[str, dict[int, flo
 def paired_ci(deltas: list[float], level: float = 0.95) -> dict[str, float | int | None]:
     """Mean of paired per-seed differences with its two-sided t confidence interval (n - 1 degrees of
     freedom): {"n", "mean", "sd", "lo", "hi"}; lo / hi are None for fewer than two pairs."""
-    from scipy.stats import t as student_t
+    from scipy.stats import t as student_t  # here: scipy.stats takes ~0.5 s to import, for one README line
     n = len(deltas)
     if n == 0:
         raise ValueError("paired_ci needs at least one paired difference")
@@ -404,7 +403,6 @@ def readme_block(name: str) -> str:
 
 def update_readme(path: Path = ROOT / "README.md") -> bool:
     """Rewrite the README's generated results blocks from results/*.json; True when something changed."""
-    import re
     text = new = path.read_text()
     for name in STUDIES:
         new = re.sub(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", lambda _m: readme_block(name), new,
@@ -412,6 +410,41 @@ def update_readme(path: Path = ROOT / "README.md") -> bool:
     if new != text:
         path.write_text(new)
     return new != text
+
+
+# ------------------------------------------------------------------------------------------------ demo
+# `make demo`: generate the embedded data, train the baseline and full IUQ on a short schedule, evaluate both and
+# print them beside the committed `make reproduce` means. A short run's delta is within seed noise: the printed
+# table says so and claims nothing from it.
+def demo(iters: int | None = None) -> dict:
+    """Generate the embedded data, print its statistics, train baseline and IUQ briefly, print both."""
+    cfg = from_preset("shapes")
+    t0 = time.time()
+    paths = shapes.ensure_from_config(cfg.data)
+    print(f"[demo] embedded dataset ready in {time.time() - t0:.1f} s: {paths['root']}", file=sys.stderr)
+    stats = {s: shapes.stats(paths[f"{s}_ann"]) for s in ("train", "val")}
+    print(json.dumps(stats, indent=1), file=sys.stderr)
+    iters = iters or int(os.environ.get("IUQ_DEMO_ITERS", 400))
+    metrics = {}
+    for preset in ("shapes", "shapes_iuq"):
+        cfg = from_preset(preset, {"train.iters": iters})
+        print(f"[demo] training {preset} for {iters} steps", file=sys.stderr)
+        res = train(cfg, out=ROOT / "runs" / "demo" / preset, overrides={"train.iters": iters})
+        metrics[preset] = {"metrics": res.metrics, "seconds": round(res.seconds, 1)}
+    print("\n" + demo_table(metrics, iters), file=sys.stderr)
+    return {"data": {s: {k: v for k, v in st.items() if k in ("images", "instances")} for s, st in stats.items()},
+            "demo": metrics, "seconds": round(time.time() - t0, 1)}
+
+
+def demo_table(metrics: dict, iters: int) -> str:
+    lines = [f"Short demo schedule ({iters} steps; one seed — its delta is within seed noise, claim nothing):",
+             "| run | " + " | ".join(c.split('/')[1] for c in METRIC_COLS) + " | seconds |",
+             "|" + "---|" * (len(METRIC_COLS) + 2)]
+    for name, m in metrics.items():
+        vals = [f"{m['metrics'].get(c):.1f}" if m["metrics"].get(c) is not None else "–" for c in METRIC_COLS]
+        lines.append(f"| {name} | " + " | ".join(vals) + f" | {m['seconds']} |")
+    lines += ["", "Committed `make reproduce` results (mean ± sd over seeds, full schedule):", markdown_table("main")]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -436,7 +469,6 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("table", help="print the results tables and rewrite the README's generated blocks")
     args = ap.parse_args(argv)
     if args.cmd == "demo":
-        from .demo import demo  # its own module; `experiments demo` stays the Makefile's entry point
         out: Any = demo(args.iters)
     elif args.cmd == "keep":
         out = {"metrics": keep_checkpoint(Path(args.run_dir), args.name)["metrics"]}

@@ -36,7 +36,9 @@ import torch
 from pycocotools import mask as mask_util
 
 from .analysis import GROUPS, assign_groups, per_image_iou
-from .data.coco import CocoInstances, collate, dataset_files, encode_masks, index_coco, split_paths
+from .checkpoint import load_model
+from .data.coco import CocoInstances, collate, dataset_files
+from .data.format import encode_masks, index_coco, split_paths
 from .evaluate import coco_eval, postprocess, to_coco_results
 from .utils import sha256_file
 from .viz import match_colors, palette, render_instances, to_numpy_image
@@ -206,7 +208,6 @@ def make_figures(baseline_ckpt: str | Path, ours_ckpt: str | Path, out_dir: str 
     `num_images` of (images, ann), else of coco_root's val2017, else of the ours checkpoint's val split.
     `s1_pair`: (CondInst baseline, CondInst + IUQ) checkpoints for S1 (see the module docstring).
     Missing checkpoints raise FileNotFoundError (figures never retrain)."""
-    from .train import load_model
     pairs = {"main": (baseline_ckpt, ours_ckpt), **({"s1": tuple(s1_pair)} if s1_pair is not None else {})}
     for p in (p for pair in pairs.values() for p in pair):
         if not Path(p).is_file():

@@ -14,7 +14,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .losses import image_generators, point_sample, rand_rows
+from .sampling import image_generators, point_sample, rand_rows
 
 
 def batch_class_cost(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

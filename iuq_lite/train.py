@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import copy
 import json
 import math
+import resource
 import signal
 import sys
 import time
@@ -34,10 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from . import checkpoint, utils
 from .checkpoint import latest_checkpoint, load_checkpoint, load_model  # noqa: F401 - public via train
 from .config import Config, from_preset, to_dict
+from .data.coco import build_datasets, collate
+from .data.shapes import ensure_from_config
+from .evaluate import evaluate
+from .iuq import IUQCriterion, TwoViews
+from .model import build_criterion, build_model, iuq_adapter
 
 
 @dataclass
@@ -95,7 +103,6 @@ def batches(dataset, *, batch_size: int, seed: int, start_step: int, num_workers
     """Infinite iterator of collated micro-batches (images, targets), `accum` per step, each of
     batch_size / (world x accum) images (batch_size is the GLOBAL batch); starts at `start_step` without
     loading skipped data."""
-    from .data.coco import collate
     micro, per_epoch = batch_size // (world * accum), len(dataset) // batch_size
     if per_epoch == 0 or micro == 0 or micro * world * accum != batch_size:
         raise ValueError(f"global batch {batch_size} must be a multiple of world size x accum_steps ({world} x "
@@ -123,23 +130,33 @@ def _to(targets: list[dict], device: torch.device) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------------------- train
-def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, overrides: dict | None = None,
-          progress: bool = True, stop_after: int | None = None) -> TrainResult:
-    """Train `cfg` into the run folder `out` (default runs/<preset>), evaluate, and return a TrainResult.
+@dataclass
+class _Run:
+    """One run's state, shared by the steps of `train`: set up by `_setup`, advanced by `_step`."""
+    cfg: Config
+    out: Path
+    device: torch.device
+    model: torch.nn.Module               # the bare segmenter: weights, evaluation, state_dict
+    train_model: torch.nn.Module         # TwoViews(model), inside DDP and/or torch.compile: what a step calls
+    ddp: torch.nn.Module                 # TwoViews(model) or its DDP wrapper (no_sync)
+    crit: IUQCriterion
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    train_ds: Any
+    val_ds: Any
+    t0: float                            # time.time() at the start, for "seconds"
+    tb: Any = None                       # TensorBoard writer or None
+    history: list = field(default_factory=list)
+    step: int = 0
+    skipped: int = 0                     # steps dropped for a non-finite loss, in total
+    bad_in_row: int = 0                  # ... in a row (train.max_bad_steps stops the run)
+    signal: int | None = None            # set by the SIGTERM / SIGINT handler: finish the step, checkpoint, exit
+    tick: tuple[float, int] = (0.0, 0)   # (time, step) of the last log record, for it/s
 
-    Writes OUT/model.pt ({"model": state_dict, "config": plain dict}), OUT/manifest.json, OUT/history.jsonl and
-    resumable OUT/ckpt/iter_NNNNNNN.pt (DESIGN §4). `overrides` is only recorded in the manifest.
-    `stop_after=N` stops at step N exactly as a kill would (checkpoint written, no model.pt); resume=True then
-    continues from OUT/ckpt with identical results to an uninterrupted run. History losses are the means
-    over ranks (under DDP), summed over micro-batches.
-    """
-    from tqdm.auto import tqdm
 
-    from .data.coco import build_datasets
-    from .iuq import IUQCriterion, TwoViews
-    from .model import build_criterion, build_model, iuq_adapter
-
-    t0 = time.time()
+def _setup(cfg: Config, out: Path, resume: bool, t0: float) -> _Run:
+    """Seed, data, model, criterion, optimiser and schedule (in this order: it fixes every random stream), the
+    resume state from OUT/ckpt when `resume`, and the DDP / compile wrappers."""
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -148,7 +165,6 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
     if t.batch_size % (world * accum):
         raise ValueError(f"train.batch_size={t.batch_size} (global) is not divisible by world size {world} x "
                          f"train.accum_steps {accum}")
-    out = Path(out or f"runs/{cfg.preset}")
     out.mkdir(parents=True, exist_ok=True)
     utils.seed_everything(t.seed)
 
@@ -162,9 +178,9 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
     crit = IUQCriterion(base, cfg.iuq, adapter=iuq_adapter(model), seed=t.seed).to(device)
     opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    run = _Run(cfg=cfg, out=out, device=device, model=model, train_model=model, ddp=model, crit=crit, opt=opt,
+               sched=sched, train_ds=train_ds, val_ds=val_ds, t0=t0)
 
-    step, bad_in_row, skipped = 0, 0, 0
-    history: list[dict] = []
     state, ckpt_path = checkpoint.load_resume(out, cfg) if resume else (None, None)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -172,122 +188,115 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
         sched.load_state_dict(state["scheduler"])
         crit.load_state_dict(state["criterion"])
         checkpoint.restore_rng(state["rng"])
-        step, skipped = state["step"], state["skipped"]
+        run.step, run.skipped = state["step"], state["skipped"]
         if (out / "history.jsonl").exists():        # records up to the checkpoint; later ones are redone
             records = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
-            history = [h for h in records if h.get("step", 0) <= step]
+            run.history = [h for h in records if h.get("step", 0) <= run.step]
         if utils.is_main():
-            print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
+            print(f"resumed from {ckpt_path} at step {run.step}", file=sys.stderr)
     elif utils.is_main():
         (out / "history.jsonl").unlink(missing_ok=True)      # a fresh run: no stale records
-    train_model = ddp = TwoViews(model)      # both IUQ views in one forward (DDP: one forward per backward)
+    run.train_model = run.ddp = TwoViews(model)   # both IUQ views in one forward (DDP: one forward per backward)
     if utils.is_dist():
-        train_model = ddp = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        run.train_model = run.ddp = torch.nn.parallel.DistributedDataParallel(
+            run.train_model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
-        train_model = torch.compile(train_model)
-    tb = _tensorboard(out) if utils.is_main() else None
+        run.train_model = torch.compile(run.train_model)
+    run.tb = _tensorboard(out) if utils.is_main() else None
+    return run
 
-    stop = {"signal": None}
 
-    def on_signal(signum, frame):      # finish the step, write a checkpoint, exit
-        stop["signal"] = signum
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
-        if utils.in_main_thread() else {}
+def _step(run: _Run, micro: list) -> tuple[dict[str, float] | None, bool]:
+    """One optimisation step on this rank's micro-batches [(images, targets), ...] (METHOD §5; the IUQ terms are
+    in run.crit). Returns (the loss terms, means over ranks summed over micro-batches, or None when the loss was
+    non-finite and the step was skipped; whether any rank got a stop signal). A skipped step still advances
+    the step and the schedule; max_bad_steps skips in a row write a checkpoint and raise FloatingPointError."""
+    t, device, opt = run.cfg.train, run.device, run.opt
+    accum = t.accum_steps
+    step_targets = [tg for _, targets in micro for tg in targets] if accum > 1 else None
+    opt.zero_grad(set_to_none=True)
+    total: dict[str, torch.Tensor] = {}
+    for i, (images, targets) in enumerate(micro):
+        images, targets = images.to(device, non_blocking=True), _to(targets, device)
+        if t.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        # DDP all-reduces gradients at the last micro-batch's backward only
+        with run.ddp.no_sync() if i < accum - 1 and utils.is_dist() else contextlib.nullcontext():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda"):
+                losses = run.crit(run.train_model, images, targets, step=run.step, step_targets=step_targets)
+            sum(losses.values()).backward()       # a non-finite loss is dropped below, on every rank
+        total = {k: total.get(k, 0) + v.detach().float() for k, v in losses.items()}
+    # one all-reduce: the logged losses (mean over ranks), a non-finite loss anywhere, a signal anywhere
+    flags = utils.all_reduce_mean(torch.stack([*total.values(), torch.tensor(
+        float(run.signal is not None), device=device)]))
+    stopping, terms = bool(flags[-1] > 0), dict(zip(total, flags[:-1].tolist()))
+    loss = sum(terms.values())
+    if not math.isfinite(loss):
+        run.bad_in_row += 1
+        run.skipped += 1
+        opt.zero_grad(set_to_none=True)
+        run.crit.after_step(push=False)
+        print(f"warning: non-finite loss at step {run.step} (skipped {run.skipped} so far)", file=sys.stderr)
+        if run.bad_in_row >= t.max_bad_steps:
+            _save_checkpoint(run)
+            raise FloatingPointError(f"{run.bad_in_row} non-finite losses in a row at step {run.step}; "
+                                     f"checkpoint saved in {run.out / 'ckpt'}")
+        run.step += 1
+        run.sched.step()
+        return None, stopping
+    run.bad_in_row = 0
+    if t.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.grad_clip)
+    opt.step()
+    run.sched.step()
+    run.crit.after_step()
+    run.step += 1
+    return terms, stopping
 
-    def save_ckpt() -> None:           # on every rank: the RNG states are gathered
-        rng = checkpoint.rank_states(crit.memory)
-        if utils.is_main():
-            checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), "criterion": crit.state_dict(), "rng": rng,
-                             "step": step, "skipped": skipped, "config": to_dict(cfg)}, out, step,
-                            keep_last=t.keep_last)
-            with open(out / "history.jsonl", "w") as f:
-                f.writelines(json.dumps(h) + "\n" for h in history)
 
-    data = batches(train_ds, batch_size=t.batch_size, seed=t.seed, start_step=step,
-                   num_workers=cfg.data.num_workers, rank=rank, world=world, accum=accum)
-    bar = tqdm(total=t.iters, initial=step, disable=not (progress and utils.is_main()), file=sys.stderr,
-               dynamic_ncols=True, mininterval=2.0)
-    model.train()
-    tick, tick_step, stopping = time.time(), step, False
-    try:
-        while step < min(t.iters, stop_after or t.iters) and not stopping:
-            micro = [next(data) for _ in range(accum)]
-            step_targets = [tg for _, targets in micro for tg in targets] if accum > 1 else None
-            opt.zero_grad(set_to_none=True)
-            total: dict[str, torch.Tensor] = {}
-            for i, (images, targets) in enumerate(micro):
-                images, targets = images.to(device, non_blocking=True), _to(targets, device)
-                if t.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                # DDP all-reduces gradients at the last micro-batch's backward only
-                with ddp.no_sync() if i < accum - 1 and utils.is_dist() else contextlib.nullcontext():
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda"):
-                        losses = crit(train_model, images, targets, step=step, step_targets=step_targets)
-                    sum(losses.values()).backward()       # a non-finite loss is dropped below, on every rank
-                total = {k: total.get(k, 0) + v.detach().float() for k, v in losses.items()}
-            # one all-reduce: the logged losses (mean over ranks), a non-finite loss anywhere, a signal anywhere
-            flags = utils.all_reduce_mean(torch.stack([*total.values(), torch.tensor(
-                float(stop["signal"] is not None), device=device)]))
-            stopping, terms = bool(flags[-1] > 0), dict(zip(total, flags[:-1].tolist()))
-            loss = sum(terms.values())
-            if not math.isfinite(loss):
-                bad_in_row += 1
-                skipped += 1
-                opt.zero_grad(set_to_none=True)
-                crit.after_step(push=False)
-                print(f"warning: non-finite loss at step {step} (skipped {skipped} so far)", file=sys.stderr)
-                if bad_in_row >= t.max_bad_steps:
-                    save_ckpt()
-                    raise FloatingPointError(f"{bad_in_row} non-finite losses in a row at step {step}; "
-                                             f"checkpoint saved in {out / 'ckpt'}")
-                step += 1
-                sched.step()
-                continue
-            bad_in_row = 0
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            opt.step()
-            sched.step()
-            crit.after_step()
-            step += 1
-            bar.update(1)
-            if step % t.log_every == 0 or step == t.iters:
-                now = time.time()
-                rec = {"step": step, "loss": loss, "lr": opt.param_groups[0]["lr"],
-                       "it_s": (step - tick_step) / max(now - tick, 1e-9), "seconds": now - t0,
-                       **{k: v for k, v in terms.items() if not k[-1].isdigit()}}
-                tick, tick_step = now, step
-                _log_record(history, rec, out, tb)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False)
-            if t.eval_every and step % t.eval_every == 0 and step < t.iters and utils.is_main():
-                with torch.random.fork_rng(devices=[]):    # evaluating must not shift the training RNG stream
-                    _log_record(history, {"step": step, "seconds": time.time() - t0,
-                                          **_evaluate(model, val_ds, cfg, limit=t.eval_images)}, out, tb)
-                model.train()
-            if step % t.ckpt_every == 0:               # a signal's checkpoint is written after the loop
-                save_ckpt()
-    finally:
-        bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        if tb is not None:
-            tb.close()
-    if stopping:
-        if step % t.ckpt_every:
-            save_ckpt()
-        raise KeyboardInterrupt(f"stopped by a signal at step {step}; resume with --resume")
-    if step % t.ckpt_every:                          # else the loop has just written this step's checkpoint
-        save_ckpt()
-    if step < t.iters:             # stop_after: interrupted on purpose
-        return TrainResult(checkpoint=str(latest_checkpoint(out)), metrics={}, history=history,
-                           seconds=time.time() - t0, out=str(out))
+def _save_checkpoint(run: _Run) -> None:
+    """OUT/ckpt/iter_<step>.pt (resume state, DESIGN §4) and OUT/history.jsonl. Called on every rank: the RNG
+    states are gathered; rank 0 writes."""
+    rng = checkpoint.rank_states(run.crit.memory)
+    if utils.is_main():
+        checkpoint.save({"model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
+                         "scheduler": run.sched.state_dict(), "criterion": run.crit.state_dict(), "rng": rng,
+                         "step": run.step, "skipped": run.skipped, "config": to_dict(run.cfg)}, run.out, run.step,
+                        keep_last=run.cfg.train.keep_last)
+        with open(run.out / "history.jsonl", "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in run.history)
 
+
+def _log_step(run: _Run, terms: dict[str, float]) -> dict:
+    """Record the step's losses, lr and speed (history, OUT/history.jsonl, TensorBoard); returns the record."""
+    now = time.time()
+    tick, tick_step = run.tick
+    rec = {"step": run.step, "loss": sum(terms.values()), "lr": run.opt.param_groups[0]["lr"],
+           "it_s": (run.step - tick_step) / max(now - tick, 1e-9), "seconds": now - run.t0,
+           **{k: v for k, v in terms.items() if not k[-1].isdigit()}}
+    run.tick = (now, run.step)
+    _log_record(run.history, rec, run.out, run.tb)
+    return rec
+
+
+def _evaluate_midway(run: _Run) -> None:
+    """The learning curve: evaluate on train.eval_images val images and record it; the training RNG stream and
+    the model's train mode are left as they were."""
+    with torch.random.fork_rng(devices=[]):    # evaluating must not shift the training RNG stream
+        _log_record(run.history, {"step": run.step, "seconds": time.time() - run.t0,
+                                  **_evaluate(run.model, run.val_ds, run.cfg, limit=run.cfg.train.eval_images)},
+                    run.out, run.tb)
+    run.model.train()
+
+
+def _finish(run: _Run, overrides: dict | None) -> TrainResult:
+    """Final evaluation (train.eval_at_end), OUT/model.pt and OUT/manifest.json (rank 0); the TrainResult."""
+    cfg, t, out, model = run.cfg, run.cfg.train, run.out, run.model
+    device, skipped, history = run.device, run.skipped, run.history
     metrics: dict = {}
     if t.eval_at_end and utils.is_main():
-        metrics = _evaluate(model, val_ds, cfg)
-    seconds = time.time() - t0
+        metrics = _evaluate(model, run.val_ds, cfg)
+    seconds = time.time() - run.t0
     model_path = out / "model.pt"
     if utils.is_main():
         utils.atomic_save({"model": model.state_dict(), "config": to_dict(cfg)}, model_path)
@@ -295,9 +304,67 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
                     "commit": utils.git_commit(), "dirty": utils.git_dirty(), "data_sha256": _data_sha(cfg), "metrics": metrics,
                     "seconds": seconds, "iters": t.iters, "skipped_steps": skipped, "peak_mb": _peak_mb(device),
                     "model_sha256": utils.sha256_file(model_path), "config": to_dict(cfg)}
-        utils.write_json(manifest, out / "manifest.json")      # history.jsonl was written by save_ckpt()
+        utils.write_json(manifest, out / "manifest.json")      # history.jsonl was written by _save_checkpoint()
     return TrainResult(checkpoint=str(model_path), metrics=metrics, history=history, seconds=seconds,
                        out=str(out))
+
+
+def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, overrides: dict | None = None,
+          progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train `cfg` into the run folder `out` (default runs/<preset>), evaluate, and return a TrainResult.
+
+    Writes OUT/model.pt ({"model": state_dict, "config": plain dict}), OUT/manifest.json, OUT/history.jsonl and
+    resumable OUT/ckpt/iter_NNNNNNN.pt (DESIGN §4). `overrides` is only recorded in the manifest.
+    `stop_after=N` stops at step N exactly as a kill would (checkpoint written, no model.pt); resume=True then
+    continues from OUT/ckpt with identical results to an uninterrupted run. History losses are the means
+    over ranks (under DDP), summed over micro-batches.
+    Steps: `_setup` -> per step `_step`, then `_log_step` / `_evaluate_midway` / `_save_checkpoint` on their
+    cadences -> `_finish` (final evaluation, model.pt, manifest).
+    """
+    t0 = time.time()
+    t = cfg.train
+    run = _setup(cfg, Path(out or f"runs/{cfg.preset}"), resume, t0)
+
+    def on_signal(signum, frame):      # finish the step, write a checkpoint, exit
+        run.signal = signum
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
+        if utils.in_main_thread() else {}
+
+    data = batches(run.train_ds, batch_size=t.batch_size, seed=t.seed, start_step=run.step,
+                   num_workers=cfg.data.num_workers, rank=utils.rank(), world=utils.world_size(), accum=t.accum_steps)
+    bar = tqdm(total=t.iters, initial=run.step, disable=not (progress and utils.is_main()), file=sys.stderr,
+               dynamic_ncols=True, mininterval=2.0)
+    run.model.train()
+    run.tick, stopping = (time.time(), run.step), False
+    try:
+        while run.step < min(t.iters, stop_after or t.iters) and not stopping:
+            terms, stopping = _step(run, [next(data) for _ in range(t.accum_steps)])
+            if terms is None:
+                continue
+            bar.update(1)
+            if run.step % t.log_every == 0 or run.step == t.iters:
+                rec = _log_step(run, terms)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False)
+            if t.eval_every and run.step % t.eval_every == 0 and run.step < t.iters and utils.is_main():
+                _evaluate_midway(run)
+            if run.step % t.ckpt_every == 0:               # a signal's checkpoint is written after the loop
+                _save_checkpoint(run)
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if run.tb is not None:
+            run.tb.close()
+    if stopping:
+        if run.step % t.ckpt_every:
+            _save_checkpoint(run)
+        raise KeyboardInterrupt(f"stopped by a signal at step {run.step}; resume with --resume")
+    if run.step % t.ckpt_every:                      # else the loop has just written this step's checkpoint
+        _save_checkpoint(run)
+    if run.step < t.iters:         # stop_after: interrupted on purpose
+        return TrainResult(checkpoint=str(latest_checkpoint(run.out)), metrics={}, history=run.history,
+                           seconds=time.time() - t0, out=str(run.out))
+    return _finish(run, overrides)
 
 
 def _log_record(history: list, rec: dict, out: Path, tb=None) -> None:
@@ -322,7 +389,6 @@ def _tensorboard(out: Path):
 
 
 def _evaluate(model, dataset, cfg: Config, limit: int = 0) -> dict:
-    from .evaluate import evaluate
     if limit and limit < len(dataset):
         dataset = _head(dataset, limit)
     return evaluate(model, dataset, topk=cfg.model.test_topk)
@@ -330,7 +396,6 @@ def _evaluate(model, dataset, cfg: Config, limit: int = 0) -> dict:
 
 def _head(dataset, n: int):
     """The first n images of a CocoInstances (a shallow copy with a shorter id list)."""
-    import copy
     ds = copy.copy(dataset)
     ds.ids = list(dataset.ids[:n])
     return ds
@@ -339,7 +404,6 @@ def _head(dataset, n: int):
 def _data_sha(cfg: Config) -> str | None:
     if cfg.data.root is not None:
         return None
-    from .data.shapes import ensure_from_config
     return utils.sha256_file(ensure_from_config(cfg.data)["train_ann"])
 
 
@@ -351,7 +415,6 @@ def _peak_mb(device: torch.device) -> float:
     """Peak memory of this process: CUDA allocator peak on GPU, else peak RSS (ru_maxrss is KiB on Linux)."""
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    import resource
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 

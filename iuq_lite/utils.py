@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -186,7 +187,6 @@ def sha256_file(path: str | Path) -> str:
 def git_dirty(cwd: str | Path | None = None) -> bool | None:
     """True when the package's tracked files differ from the commit (results would not match the revision);
     None outside a checkout."""
-    import subprocess
     try:
         out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
                              cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=5)
@@ -197,7 +197,6 @@ def git_dirty(cwd: str | Path | None = None) -> bool | None:
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
     """The current git commit of the project checkout, or None outside a checkout."""
-    import subprocess
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True,
                              text=True, timeout=5)

@@ -1,6 +1,7 @@
 """Drawing helpers. Pure `render_*` functions return arrays ([H,W,3] float in [0,1]); `show_*` draw them."""
 from __future__ import annotations
 
+import colorsys
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,7 +10,6 @@ import torch
 
 def palette(n: int, *, seed: int = 0) -> np.ndarray:
     """n distinct, stable instance colours [n,3] in [0,1] (golden-ratio hues)."""
-    import colorsys
     hues = (np.arange(n) * 0.618033988749895 + 0.1 * seed) % 1.0
     return np.array([colorsys.hsv_to_rgb(h, 0.85, 0.95) for h in hues]).reshape(n, 3)
 

@@ -190,7 +190,7 @@ assert st["area_small_medium_large"][2] == 0          # 128 px: no "large" objec
 import json
 from pathlib import Path
 
-runs = {name: iuq.train.load_model(path) for name, path in (("baseline", BASELINE), ("IUQ", OURS))}
+runs = {name: iuq.checkpoint.load_model(path) for name, path in (("baseline", BASELINE), ("IUQ", OURS))}
 manifests = {name: json.loads((Path(p).parent / "manifest.json").read_text())
              for name, p in (("baseline", BASELINE), ("IUQ", OURS))}
 for name, m in manifests.items():

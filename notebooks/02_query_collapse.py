@@ -55,7 +55,7 @@ recorded = {(r["row"], r["seed"]): r["metrics"]["segm/AP"] for r in iuq.experime
 study_row = {folder: (row, seed) for (_, row, seed), folder in iuq.experiments.KEEP.items()}
 models, manifests = {}, {}
 for name, path in (("baseline", BASELINE), ("IUQ", OURS)):
-    models[name], cfg, manifests[name] = iuq.train.load_checkpoint(path)
+    models[name], cfg, manifests[name] = iuq.checkpoint.load_checkpoint(path, root=iuq.experiments.ROOT)
     ap, rec = manifests[name]["metrics"]["segm/AP"], recorded.get(study_row.get(Path(path).parent.name))
     print(f"{name:8s} {path}: preset {cfg.preset!r}, {manifests[name]['iters']} steps, val segm/AP {ap:.2f} "
           f"(fp16 weights); results/main.json records {rec if rec is None else round(rec, 2)}")

@@ -56,7 +56,7 @@ import iuq_lite as iuq
 # %%
 models, cfgs = {}, {}
 for name, path in (("baseline", BASELINE), ("IUQ", OURS)):
-    models[name], cfgs[name], _ = iuq.train.load_checkpoint(path)
+    models[name], cfgs[name], _ = iuq.checkpoint.load_checkpoint(path, root=iuq.experiments.ROOT)
     print(f"{name:8s} {path}: preset {cfgs[name].preset!r}, inter-scene loss {cfgs[name].iuq.inter.enabled}")
 cfg = cfgs["IUQ"]                                     # the inter-scene settings it was trained with
 alpha, gamma, ppi = cfg.iuq.inter.alpha, cfg.iuq.inter.gamma, cfg.iuq.inter.pixels_per_instance

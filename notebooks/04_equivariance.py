@@ -57,7 +57,7 @@ import iuq_lite as iuq
 # %%
 models, cfgs = {}, {}
 for name, path in (("baseline", BASELINE), ("IUQ", OURS)):
-    models[name], cfgs[name], _ = iuq.train.load_checkpoint(path)
+    models[name], cfgs[name], _ = iuq.checkpoint.load_checkpoint(path, root=iuq.experiments.ROOT)
     e = cfgs[name].iuq.equi
     print(f"{name:8s} {path}: equivariance loss {e.enabled}" + (f", kinds {list(e.kinds)}, lambda {e.weight}"
                                                                  if e.enabled else ""))

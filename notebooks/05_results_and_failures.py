@@ -54,7 +54,7 @@ import iuq_lite as iuq
 ckpt = {name: iuq.experiments.ROOT / path for name, path in (("baseline", BASELINE), ("ours", OURS))}
 cfgs, manifests = {}, {}
 for name, path in ckpt.items():
-    _, cfgs[name] = iuq.train.load_model(path)        # FileNotFoundError if missing: we never retrain here
+    _, cfgs[name] = iuq.checkpoint.load_model(path)   # FileNotFoundError if missing: we never retrain here
     manifests[name] = json.loads((path.parent / "manifest.json").read_text())
     assert iuq.config.from_dict(manifests[name]["config"]) == cfgs[name], f"{path}: manifest != weights"
     m, c = manifests[name], cfgs[name]

@@ -23,7 +23,7 @@ def test_checkpoint_reproduces_its_manifest(path):
     old = torch.get_num_threads()
     torch.set_num_threads(manifest["eval_threads"])       # fixed thread count, as when it was recorded
     try:
-        model, cfg = iuq.train.load_model(path)
+        model, cfg = iuq.checkpoint.load_model(path)
         val = iuq.data.coco.build_datasets(cfg.data)[1]
         metrics = iuq.evaluate.evaluate(model, val, topk=cfg.model.test_topk)
     finally:

@@ -12,7 +12,7 @@ from torch import nn
 from iuq_lite import iuq
 from iuq_lite import transforms as T
 from iuq_lite.config import EquiConfig, InterConfig, IUQConfig, LossConfig
-from iuq_lite.inter_kernel import inter_mask_loss_reference
+from iuq_lite.iuq.inter import inter_mask_loss_reference
 from iuq_lite.losses import SetCriterion
 from iuq_lite.matcher import HungarianMatcher
 
@@ -126,7 +126,7 @@ def test_bf16_embeddings_compute_in_fp32():
 def test_compiled_route_and_its_eager_fallback(monkeypatch, mode):
     """The compiled route (workspace, tiles) with the tile math run eagerly, and a failing compile that must
     fall back to the eager kernel with a warning; both equal the reference."""
-    from iuq_lite import inter_kernel as K
+    from iuq_lite.iuq import inter as K
 
     def boom(z, gamma):
         raise RuntimeError("no compiler")
@@ -148,15 +148,14 @@ def test_logits_fn_compiled_route_and_its_eager_fallback(monkeypatch, mode):
     """The logits_fn route above its compile threshold: the compiled chunk (here run eagerly) or a failing
     compile (warning, eager from then on) both equal the dot-product kernel with stuff, own-image and
     query-mask exclusions over several chunks."""
-    from iuq_lite import inter_autograd as A
-    from iuq_lite import inter_kernel as K
+    from iuq_lite.iuq import inter as K
 
     def boom(*args):
         raise RuntimeError("no compiler")
     monkeypatch.setattr(K, "COMPILE_MIN_ELEMENTS", 0)
     monkeypatch.setitem(K._COMPILE, "enabled", True)
     monkeypatch.setitem(K._COMPILE, "failed", False)
-    monkeypatch.setitem(K._COMPILE, "chunk", A._chunk_loss if mode == "compiled_plumbing" else boom)
+    monkeypatch.setitem(K._COMPILE, "chunk", K._chunk_loss if mode == "compiled_plumbing" else boom)
     E, mem, kw = _problem(4, 2, 5, 6, 37)
     fused = iuq.inter_mask_loss(E, mem, **kw, chunk=8)
     g_fused, = torch.autograd.grad(fused, E)
@@ -173,7 +172,7 @@ def test_logits_fn_compiled_route_and_its_eager_fallback(monkeypatch, mode):
 
 @pytest.mark.skipif(os.environ.get("IUQ_TEST_COMPILE") != "1", reason="compiling takes ~20 s; IUQ_TEST_COMPILE=1")
 def test_compiled_logits_fn_chunk_matches_eager(monkeypatch):
-    from iuq_lite import inter_kernel as K
+    from iuq_lite.iuq import inter as K
     monkeypatch.setattr(K, "COMPILE_MIN_ELEMENTS", 0)
     monkeypatch.setitem(K._COMPILE, "enabled", True)
     monkeypatch.setitem(K._COMPILE, "failed", False)
@@ -191,7 +190,7 @@ def test_compiled_logits_fn_chunk_matches_eager(monkeypatch):
 
 @pytest.mark.skipif(os.environ.get("IUQ_TEST_COMPILE") != "1", reason="compiling takes ~20 s; IUQ_TEST_COMPILE=1")
 def test_compiled_tile_math_matches_eager():
-    from iuq_lite import inter_kernel as K
+    from iuq_lite.iuq import inter as K
     z = torch.randn(64, 300) * 8
     z[0, :5] = float("-inf")
     eager = K._neg_eager(z.clone(), 2.0, *(torch.empty_like(z) for _ in range(3)), True)

@@ -8,14 +8,9 @@ import torch.nn.functional as F
 
 import iuq_lite as iuq
 from iuq_lite.config import LossConfig
-from iuq_lite.losses import (
-    SetCriterion,
-    dice_loss,
-    get_uncertain_point_coords_with_randomness,
-    point_sample,
-    sigmoid_ce_loss,
-)
+from iuq_lite.losses import SetCriterion, dice_loss, sigmoid_ce_loss
 from iuq_lite.matcher import HungarianMatcher
+from iuq_lite.sampling import get_uncertain_point_coords_with_randomness, point_sample
 
 K = 3
 

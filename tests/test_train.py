@@ -40,7 +40,7 @@ def test_tiny_run_writes_the_run_folder(tmp_path):
     assert all("loss_inter" in h and "loss_equi" in h for h in res.history)
     state = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
     assert iuq.config.from_dict(state["config"]) == cfg
-    model, cfg2 = iuq.train.load_model(tmp_path / "model.pt")
+    model, cfg2 = iuq.checkpoint.load_model(tmp_path / "model.pt")
     assert cfg2 == cfg
 
 

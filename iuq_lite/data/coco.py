@@ -13,8 +13,6 @@ reported in ONE warning per dataset.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import sys
@@ -28,7 +26,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
+
+from . import shapes
+
+# the format primitives stay reachable as data.coco.* too (notebook 06, data.samples)
+from .format import encode_masks, index_coco, rle_json, split_paths  # noqa: F401
 
 PAD_MULTIPLE = 32  # the backbone's largest stride: padded sizes divide by every feature stride
 EAGER_MASK_CHECK_MAX = 100_000  # annotations; above it empty masks are found lazily (train2017: ~860k)
@@ -36,27 +38,6 @@ COCO_URLS = ("http://images.cocodataset.org/zips/train2017.zip",
              "http://images.cocodataset.org/zips/val2017.zip",
              "http://images.cocodataset.org/annotations/annotations_trainval2017.zip")
 Target = dict[str, Any]
-
-
-# ------------------------------------------------------------------------------------------- json
-def index_coco(data: dict | str | os.PathLike) -> COCO:
-    """A pycocotools COCO over a json dict or file, indexed without its progress prints on stdout."""
-    coco = COCO()
-    coco.dataset = data if isinstance(data, dict) else json.loads(Path(data).read_text())
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def encode_masks(masks: torch.Tensor | np.ndarray) -> list[dict]:
-    """Masks [K,H,W] (bool or {0,1}, tensor or array) -> K compressed RLEs (pycocotools, bytes counts)."""
-    m = masks.detach().cpu().numpy() if torch.is_tensor(masks) else np.asarray(masks)
-    return mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8))) if len(m) else []
-
-
-def rle_json(rle: dict) -> dict:
-    """A compressed RLE as it is written to COCO json: {"size": [h, w], "counts": str}."""
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _read_json(ann_file: str | os.PathLike) -> dict:
@@ -314,11 +295,6 @@ def collate(batch: list[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, lis
 
 
 # ------------------------------------------------------------------------------------- layout check
-def split_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
-    """(ROOT/{split}2017, ROOT/annotations/instances_{split}2017.json)."""
-    return Path(root) / f"{split}2017", Path(root) / "annotations" / f"instances_{split}2017.json"
-
-
 def coco_instructions(root: str | os.PathLike, splits: tuple[str, ...] = ("train", "val")) -> str:
     """How to download and lay out COCO 2017 under `root`."""
     tree = "\n".join([f"  {root}/", "    annotations/"] + [f"      instances_{s}2017.json" for s in splits]
@@ -381,7 +357,6 @@ def dataset_files(data_cfg: Any) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
     data_cfg.root is None (generated on demand; val_split="dev" gives the dev split for choosing schedules), else COCO 2017's train_split / val_split under data_cfg.root."""
     if data_cfg.root is not None:
         return split_paths(data_cfg.root, data_cfg.train_split), split_paths(data_cfg.root, data_cfg.val_split)
-    from iuq_lite.data import shapes
     paths = shapes.ensure_from_config(data_cfg)
     return tuple((Path(paths[f"{s}_images"]), Path(paths[f"{s}_ann"])) for s in ("train", data_cfg.val_split))
 

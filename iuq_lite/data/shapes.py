@@ -39,7 +39,7 @@ from pycocotools import mask as mask_util
 from scipy.ndimage import gaussian_filter
 
 from ..utils import sha256_file as _sha256
-from .coco import encode_masks, rle_json, split_paths
+from .format import encode_masks, rle_json, split_paths
 
 GENERATOR_VERSION = "2"
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ellipse")

@@ -8,12 +8,15 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import Config
+from ..losses import SetCriterion
+from ..matcher import HungarianMatcher
+from .adapter import DotProductAdapter, iuq_adapter
 from .backbone import PixelDecoder, build_backbone
-from .condinst import CondInst
+from .condinst import CondInst, CondInstCriterion
 from .mask2former import Mask2Former
 
-__all__ = ["CondInst", "Mask2Former", "PixelDecoder", "build_backbone", "build_criterion", "build_model",
-           "iuq_adapter"]
+__all__ = ["CondInst", "DotProductAdapter", "Mask2Former", "PixelDecoder", "build_backbone", "build_criterion",
+           "build_model", "iuq_adapter"]
 
 
 def build_model(cfg: Config) -> nn.Module:
@@ -33,20 +36,9 @@ def build_criterion(cfg: Config) -> nn.Module:
     """The base (intra-scene) criterion for cfg.model.name: called as crit(outputs, targets, return_indices=True)
     -> (weighted losses, final-layer indices) and crit.mask_loss(outputs, targets, valid=) for Eq. 8."""
     if cfg.model.name == "mask2former":
-        from ..losses import SetCriterion
-        from ..matcher import HungarianMatcher
         matcher = HungarianMatcher(cost_class=cfg.loss.class_weight, cost_mask=cfg.loss.mask_weight,
                                    cost_dice=cfg.loss.dice_weight, num_points=cfg.loss.num_points)
         return SetCriterion(cfg.loss, cfg.model.num_classes, matcher)
     if cfg.model.name == "condinst":
-        from .condinst import CondInstCriterion
         return CondInstCriterion(cfg)
     raise ValueError(f"unknown model {cfg.model.name!r}; available: mask2former, condinst")
-
-
-def iuq_adapter(model: nn.Module):
-    """How IUQ reads this model's outputs: `model.iuq_adapter()` when the model defines one, else the
-    dot-product adapter (mask logits = E . F)."""
-    from ..iuq import DotProductAdapter
-    make = getattr(model, "iuq_adapter", None)
-    return make() if callable(make) else DotProductAdapter()

@@ -83,7 +83,7 @@ def grid_positions(h: int, w: int, device=None) -> torch.Tensor:
 
 
 class CondInstAdapter:
-    """How IUQ reads CondInst (iuq.DotProductAdapter's interface): the queries are the capped positive
+    """How IUQ reads CondInst (the interface of adapter.DotProductAdapter): the queries are the capped positive
     proposals, E = [controller params | normalised location | scale] [B,Q,P+4]; F = the mask branch [B,8,h,w].
 
     Inter-scene loss (Eq. 5): logits_fn applies each proposal's dynamic head to memory pixels with relative
