@@ -76,9 +76,13 @@ def postprocess(outputs: dict[str, torch.Tensor], sizes: Sequence, *, topk: int 
 
 
 def to_coco_results(preds: list[dict], image_ids: Sequence[int], label_to_cat_id: Sequence[int]) -> list[dict]:
-    """COCO results list [{"image_id", "category_id", "segmentation" (RLE, str counts), "score"}, ...]."""
+    """COCO results list [{"image_id", "category_id", "segmentation" (RLE, str counts), "score"}, ...].
+    label_to_cat_id[label] is the category id of contiguous label `label` (data.coco.CocoInstances)."""
     out = []
     for pred, image_id in zip(preds, image_ids):
+        if len(pred["labels"]) and int(pred["labels"].max()) >= len(label_to_cat_id):
+            raise ValueError(f"image id {image_id}: a prediction has class {int(pred['labels'].max())}, but the "
+                             f"dataset has {len(label_to_cat_id)} categories (model.num_classes differs from it)")
         for rle, label, score in zip(encode_masks(pred["masks"]), pred["labels"].tolist(), pred["scores"].tolist()):
             out.append({"image_id": int(image_id), "category_id": int(label_to_cat_id[label]),
                         "segmentation": rle_json(rle), "score": float(score)})

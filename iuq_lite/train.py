@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from . import checkpoint, utils
 from .checkpoint import latest_checkpoint, load_checkpoint, load_model  # noqa: F401 - public via train
 from .config import Config, from_preset, to_dict
-from .data.coco import build_datasets, collate
+from .data.coco import ClassCountError, build_datasets, collate, resolve_num_classes
 from .data.shapes import ensure_from_config
 from .evaluate import evaluate
 from .iuq import IUQCriterion, TwoViews
@@ -154,9 +154,10 @@ class _Run:
     tick: tuple[float, int] = (0.0, 0)   # (time, step) of the last log record, for it/s
 
 
-def _setup(cfg: Config, out: Path, resume: bool, t0: float) -> _Run:
+def _setup(cfg: Config, out: Path, resume: bool, t0: float, *, explicit_classes: bool = False) -> _Run:
     """Seed, data, model, criterion, optimiser and schedule (in this order: it fixes every random stream), the
-    resume state from OUT/ckpt when `resume`, and the DDP / compile wrappers."""
+    resume state from OUT/ckpt when `resume`, and the DDP / compile wrappers. A COCO-layout folder's categories
+    set model.num_classes (explicit_classes: the caller set it, so a contradiction is an error)."""
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -169,6 +170,8 @@ def _setup(cfg: Config, out: Path, resume: bool, t0: float) -> _Run:
     utils.seed_everything(t.seed)
 
     train_ds, val_ds = build_datasets(cfg.data)
+    # a COCO-layout folder's categories decide the class count (recorded in the config and manifest)
+    cfg = resolve_num_classes(cfg, train_ds, val_ds, explicit=explicit_classes)
     model = build_model(cfg).to(device)
     if rank:        # augmentation (num_workers=0) draws from the global RNG: one stream per rank, not lockstep
         utils.seed_everything(utils.step_seed(t.seed, rank) % 2**32)   # (DDP broadcasts rank 0's init)
@@ -301,8 +304,9 @@ def _finish(run: _Run, overrides: dict | None) -> TrainResult:
     if utils.is_main():
         utils.atomic_save({"model": model.state_dict(), "config": to_dict(cfg)}, model_path)
         manifest = {"preset": cfg.preset, "overrides": _jsonable(overrides or {}), "seed": t.seed,
-                    "commit": utils.git_commit(), "dirty": utils.git_dirty(), "data_sha256": _data_sha(cfg), "metrics": metrics,
-                    "seconds": seconds, "iters": t.iters, "skipped_steps": skipped, "peak_mb": _peak_mb(device),
+                    "commit": utils.git_commit(), "dirty": utils.git_dirty(), "data_sha256": _data_sha(cfg),
+                    "metrics": metrics, "seconds": seconds, "iters": t.iters, "num_classes": cfg.model.num_classes,
+                    "skipped_steps": skipped, "peak_mb": _peak_mb(device),
                     "model_sha256": utils.sha256_file(model_path), "config": to_dict(cfg)}
         utils.write_json(manifest, out / "manifest.json")      # history.jsonl was written by _save_checkpoint()
     return TrainResult(checkpoint=str(model_path), metrics=metrics, history=history, seconds=seconds,
@@ -323,7 +327,8 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
     """
     t0 = time.time()
     t = cfg.train
-    run = _setup(cfg, Path(out or f"runs/{cfg.preset}"), resume, t0)
+    run = _setup(cfg, Path(out or f"runs/{cfg.preset}"), resume, t0,
+                 explicit_classes="model.num_classes" in (overrides or {}))
 
     def on_signal(signum, frame):      # finish the step, write a checkpoint, exit
         run.signal = signum
@@ -446,7 +451,10 @@ def main(argv: list[str] | None = None) -> None:
     gpu = utils.init_distributed()
     if gpu is not None:
         cfg = replace(cfg, train=replace(cfg.train, device=str(gpu)))
-    result = train(cfg, out=args.out, resume=args.resume, overrides=overrides, progress=not args.no_progress)
+    try:
+        result = train(cfg, out=args.out, resume=args.resume, overrides=overrides, progress=not args.no_progress)
+    except ClassCountError as e:                   # before the first step: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
     if utils.is_main():
         print(json.dumps({"checkpoint": result.checkpoint, "metrics": result.metrics,
                           "seconds": round(result.seconds, 1)}))

@@ -18,6 +18,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
+from ..config import PRESETS, ModelConfig, from_preset
 from . import shapes
 
 # the format primitives stay reachable as data.coco.* too (notebook 06, data.samples)
@@ -370,6 +372,36 @@ def build_datasets(data_cfg: Any) -> tuple[CocoInstances, CocoInstances]:
     # the embedded data is small by construction: hold the training items in memory (COCO streams from disk)
     return (CocoInstances(*train, transforms=build_augment(data_cfg), cache=data_cfg.root is None),
             CocoInstances(*val))
+
+
+class ClassCountError(ValueError):
+    """An explicit model.num_classes contradicts the dataset's categories (one-line message naming both)."""
+
+
+def resolve_num_classes(cfg: Any, train_ds: CocoInstances, val_ds: CocoInstances | None = None, *,
+                        explicit: bool = False) -> Any:
+    """`cfg` with model.num_classes = the number of `categories` of a COCO-layout dataset (cfg.data.root set;
+    the shapes data is generated for its preset and left alone). Different counts: one logged line, unless
+    the count was set explicitly (`explicit`, or a value other than the preset's), which raises
+    ClassCountError naming both numbers. Labels are contiguous (sorted category ids), so train and val must
+    list the same category ids (ValueError otherwise)."""
+    if cfg.data.root is None:
+        return cfg
+    if val_ds is not None and val_ds.cat_ids != train_ds.cat_ids:
+        raise ValueError(f"{train_ds.ann_file} and {val_ds.ann_file} list different category ids "
+                         f"({len(train_ds.cat_ids)} vs {len(val_ds.cat_ids)}): a label would mean two classes")
+    n, m = train_ds.num_classes, cfg.model.num_classes
+    if n == m:
+        return cfg
+    preset = from_preset(cfg.preset).model if cfg.preset in PRESETS else ModelConfig()
+    explicit = explicit or m != preset.num_classes
+    if explicit:
+        raise ClassCountError(f"model.num_classes={m} was set explicitly, but {train_ds.ann_file} has {n} "
+                              f"categories: drop the setting or set it to {n}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"model.num_classes: {n} (the categories of {train_ds.ann_file}) instead of the preset's {m}",
+              file=sys.stderr, flush=True)
+    return replace(cfg, model=replace(cfg.model, num_classes=n))
 
 
 def main(argv: list[str] | None = None) -> int:
