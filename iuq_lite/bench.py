@@ -4,6 +4,8 @@
     python -m iuq_lite.bench gpu             # CUDA: coco_r50 training images/s/GPU and peak memory, +/- IUQ
     python -m iuq_lite.bench step [--preset shapes_condinst] [--steps 10 --rounds 4 --warmup 50]
     python -m iuq_lite.bench step --study capacity   # every row of a study (Table S4 analog's step times)
+    python -m iuq_lite.bench samples         # CPU over-fit on the real sample photos (`make samples` first)
+    python -m iuq_lite.bench samples-dryrun  # 2 CPU steps of coco_r50(_iuq) on them -> results/samples_dryrun.json
 
 BENCHMARKS maps a name to a function returning a JSON-able dict; add entries there.
 Timings are medians of alternating runs after warm-up, in one process, so load from other processes hits
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -349,8 +352,99 @@ def bench_gpu() -> dict:
             "extra_gib": round(ours["peak_gib"] - base["peak_gib"], 2)}
 
 
+# ------------------------------------------------------------------------------------------- sample photos
+# The over-fit of issue 17: `smoke` with 32 queries on the sample photos' train split, through the COCO data
+# path without augmentation (an over-fit memorises; random LSJ crops and flips kept train AP50 near 40 for
+# 1,500 steps): photos at their own size (long side <= 500), padded to multiples of 32 with the valid size
+# recorded, predictions cropped to it and resized to the photo's size.
+SAMPLES_OVERFIT: dict = {"data.augment": False, "model.num_queries": 32, "loss.num_points": 1024,
+                         "train.iters": 500, "train.batch_size": 2, "train.lr": 1e-3, "train.warmup_iters": 20,
+                         "train.eval_at_end": False, "train.log_every": 50, "train.ckpt_every": 100_000}
+DRYRUN_SETS: dict = {"model.pretrained": None, "train.amp": False, "train.batch_size": 1, "train.iters": 2,
+                     "train.log_every": 1, "train.eval_at_end": False, "train.device": "cpu", "data.num_workers": 0}
+
+
+def samples_overfit(*, iters: int | None = None, root: str | Path | None = None, out: str | Path | None = None,
+                    threads: int | None = None) -> dict:
+    """Train SAMPLES_OVERFIT on the sample train split, then COCO-evaluate on that split. Returns the metrics
+    (segm/AP, AP50, ... on 0-100) and iters, train_s, eval_s, threads."""
+    import tempfile
+
+    from .checkpoint import load_model
+    from .config import from_preset
+    from .data.coco import CocoInstances, split_paths
+    from .data.samples import DEFAULT_ROOT
+    from .evaluate import evaluate
+    from .train import train
+    if threads:
+        torch.set_num_threads(threads)
+    root = Path(root or DEFAULT_ROOT)
+    cfg = from_preset("smoke", {**SAMPLES_OVERFIT, "data.root": str(root), **({"train.iters": iters} if iters else {})})
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model, cfg = load_model(train(cfg, out=out or tmp, progress=False).checkpoint)
+        t1 = time.perf_counter()
+        metrics = evaluate(model, CocoInstances(*split_paths(root, "train")), topk=cfg.model.test_topk)
+    return {**{k: v for k, v in metrics.items() if "@" not in k}, "iters": cfg.train.iters,
+            "train_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1),
+            "seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads()}
+
+
+def bench_samples() -> dict:
+    """`python -m iuq_lite.bench samples`: the CPU over-fit on the sample photos (`make samples` first), 2
+    threads; targets train-split mask AP50 >= 80 within 10 minutes."""
+    out = samples_overfit(threads=2)
+    return {"benchmark": "samples", "preset": "smoke", "overrides": SAMPLES_OVERFIT, **out,
+            "load_avg_1min": os.getloadavg()[0], "targets": {"segm/AP50": 80, "seconds": 600},
+            "pass": {"AP50": out["segm/AP50"] >= 80, "seconds": out["seconds"] <= 600}}
+
+
+def bench_samples_dryrun(out: str | Path | None = None) -> dict:
+    """`python -m iuq_lite.bench samples-dryrun`: DRYRUN_SETS (2 steps, batch 1, CPU, fp32, random init) of
+    coco_r50 and coco_r50_iuq on the sample photos, each in a fresh `python -m iuq_lite.train` process:
+    seconds per step, peak RSS (MB) and the loss terms of each step; written to results/samples_dryrun.json."""
+    import tempfile
+
+    from .data.samples import DEFAULT_ROOT
+    from .experiments import RESULTS, ROOT
+    from .utils import git_commit, write_json
+    sets = {"data.root": str(DEFAULT_ROOT), **DRYRUN_SETS, "train.threads": torch.get_num_threads()}
+    runs = []
+    for preset in ("coco_r50", "coco_r50_iuq"):
+        with tempfile.TemporaryDirectory() as tmp:
+            args = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+            _log(f"{preset}: {sets['train.iters']} steps ...")
+            proc = subprocess.run([sys.executable, "-m", "iuq_lite.train", "--preset", preset, "--out", tmp,
+                                   "--no-progress", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+            if proc.returncode:
+                raise RuntimeError(f"{preset} dry run failed: {proc.stderr.strip()[-2000:]}")
+            hist = [json.loads(x) for x in (Path(tmp) / "history.jsonl").read_text().splitlines() if x.strip()]
+            man = json.loads((Path(tmp) / "manifest.json").read_text())
+        runs.append({"preset": preset, "seed": man["seed"], "overrides": {**sets, "data.root": "data/samples"},
+                     "metrics": {}, "num_classes": man["num_classes"], "step_s": [round(1 / h["it_s"], 2) for h in hist],
+                     "peak_mb": man["peak_mb"], "losses": [{k: round(v, 4) for k, v in h.items()
+                                                            if k.startswith("loss")} for h in hist]})
+        _log(f"{preset}: {runs[-1]['step_s']} s/step, peak {runs[-1]['peak_mb']} MB")
+    result = {"command": "python -m iuq_lite.bench samples-dryrun", "commit": git_commit(), "device": "cpu",
+              "threads": sets["train.threads"], "load_avg_1min": round(os.getloadavg()[0], 2), "runs": runs}
+    write_json(result, out or RESULTS / "samples_dryrun.json")
+    return result
+
+
+def dryrun_table(path: str | Path | None = None) -> str:
+    """The README's markdown table of results/samples_dryrun.json (a test checks the README holds it)."""
+    from .experiments import RESULTS
+    d = json.loads(Path(path or RESULTS / "samples_dryrun.json").read_text())
+    rows = ["| preset | s/step (step 1, 2) | peak RSS MB | losses at step 2 |", "|---|---|---|---|"]
+    rows += [f"| {r['preset']} | {', '.join(f'{s:.1f}' for s in r['step_s'])} | {r['peak_mb']:,.0f} | "
+             + ", ".join(f"{k[5:]} {v:.2f}" for k, v in r["losses"][-1].items() if k != "loss") + " |"
+             for r in d["runs"]]
+    return "\n".join(rows)
+
+
 BENCHMARKS: dict[str, Callable[[], dict]] = {"inter-loss": bench_inter_loss, "step": bench_step,
-                                             "infer": bench_infer, "gpu": bench_gpu}
+                                             "infer": bench_infer, "gpu": bench_gpu, "samples": bench_samples,
+                                             "samples-dryrun": bench_samples_dryrun}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -274,25 +274,6 @@ class JointAugment:
         return img.as_subclass(torch.Tensor).clamp(0.0, 1.0), out   # not in place: may be the cached image
 
 
-class FitResize:
-    """Resize so the image fits a size x size box, aspect kept: the COCO presets' LSJ resize at scale 1,
-    without flip or crop, for evaluating at the training resolution (evaluate() maps the predictions back to
-    the original size). Image bilinear (antialiased), masks NEAREST_EXACT, as JointAugment."""
-
-    def __init__(self, size: int) -> None:
-        self.size = int(size)
-
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        from torchvision import tv_tensors
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
-        h, w = image.shape[-2:]
-        size = [max(1, round(h * self.size / max(h, w))), max(1, round(w * self.size / max(h, w)))]
-        image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True).clamp_(0.0, 1.0)
-        masks = TF.resize(tv_tensors.Mask(target["masks"]), size, interpolation=InterpolationMode.NEAREST_EXACT)
-        return image, {**target, "masks": masks.as_subclass(torch.Tensor).bool()}
-
-
 def build_augment(data_cfg: Any) -> JointAugment | None:
     """JointAugment(data_cfg.scale_range, data_cfg.crop_size), or None when data_cfg.augment is False."""
     return JointAugment(tuple(data_cfg.scale_range), data_cfg.crop_size) if data_cfg.augment else None

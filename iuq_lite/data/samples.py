@@ -199,7 +199,8 @@ def build(root: str | Path, *, use_apt: bool = True) -> dict[str, Any]:
             for a in p["anns"]:
                 ann_id += 1
                 segm = a["segmentation"]
-                rle = mask_utils.merge(mask_utils.frPyObjects(segm, p["height"], p["width"])) \
+                rle = mask_utils.merge(mask_utils.frPyObjects([q for q in segm if len(q) >= 6], p["height"],
+                                                              p["width"])) \
                     if isinstance(segm, list) else {**segm, "counts": segm["counts"].encode()}
                 anns.append({"id": ann_id, "image_id": image_id, "category_id": cat_id[a["category"]],
                              "segmentation": segm, "area": float(mask_utils.area(rle)),
