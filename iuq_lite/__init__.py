@@ -11,7 +11,7 @@ for its __init__); tests/test_layers.py reads the list from here and fails on an
 the top of a file or inside a function, and on any import cycle.
 
     primitives   config, utils, transforms, sampling
-    data         data.format, data.shapes, data.coco, data
+    data         data.format, data.shapes, data.coco, data.samples, data
     models       matcher, losses, model.adapter, model.backbone, model.mask2former, model.fcos,
                  model.condinst, model
     IUQ          iuq.inter, iuq.memory, iuq.equivariance, iuq.criterion, iuq

@@ -19,20 +19,25 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from .checkpoint import load_model
 from .config import from_preset
-from .data.coco import build_datasets
-from .evaluate import postprocess
-from .experiments import STUDIES
+from .data.coco import CocoInstances, build_datasets
+from .data.format import split_paths
+from .data.samples import DEFAULT_ROOT
+from .evaluate import evaluate, postprocess
+from .experiments import RESULTS, ROOT, STUDIES
 from .iuq import IUQCriterion, TwoViews
 from .iuq import inter as K
 from .model import build_criterion, build_model, iuq_adapter
-from .train import batches, build_optimizer
+from .train import batches, build_optimizer, train
+from .utils import git_commit, write_json
 
 # B=2 images, Q=100 queries, C=256, M=100k memory pixels: Mask2Former R50 on COCO, per GPU (METHOD §2).
 INTER_SHAPE = {"B": 2, "Q": 100, "C": 256, "M": 100_000}
@@ -368,14 +373,6 @@ def samples_overfit(*, iters: int | None = None, root: str | Path | None = None,
                     threads: int | None = None) -> dict:
     """Train SAMPLES_OVERFIT on the sample train split, then COCO-evaluate on that split. Returns the metrics
     (segm/AP, AP50, ... on 0-100) and iters, train_s, eval_s, threads."""
-    import tempfile
-
-    from .checkpoint import load_model
-    from .config import from_preset
-    from .data.coco import CocoInstances, split_paths
-    from .data.samples import DEFAULT_ROOT
-    from .evaluate import evaluate
-    from .train import train
     if threads:
         torch.set_num_threads(threads)
     root = Path(root or DEFAULT_ROOT)
@@ -403,11 +400,6 @@ def bench_samples_dryrun(out: str | Path | None = None) -> dict:
     """`python -m iuq_lite.bench samples-dryrun`: DRYRUN_SETS (2 steps, batch 1, CPU, fp32, random init) of
     coco_r50 and coco_r50_iuq on the sample photos, each in a fresh `python -m iuq_lite.train` process:
     seconds per step, peak RSS (MB) and the loss terms of each step; written to results/samples_dryrun.json."""
-    import tempfile
-
-    from .data.samples import DEFAULT_ROOT
-    from .experiments import RESULTS, ROOT
-    from .utils import git_commit, write_json
     sets = {"data.root": str(DEFAULT_ROOT), **DRYRUN_SETS, "train.threads": torch.get_num_threads()}
     runs = []
     for preset in ("coco_r50", "coco_r50_iuq"):
@@ -433,7 +425,6 @@ def bench_samples_dryrun(out: str | Path | None = None) -> dict:
 
 def dryrun_table(path: str | Path | None = None) -> str:
     """The README's markdown table of results/samples_dryrun.json (a test checks the README holds it)."""
-    from .experiments import RESULTS
     d = json.loads(Path(path or RESULTS / "samples_dryrun.json").read_text())
     rows = ["| preset | s/step (step 1, 2) | peak RSS MB | losses at step 2 |", "|---|---|---|---|"]
     rows += [f"| {r['preset']} | {', '.join(f'{s:.1f}' for s in r['step_s'])} | {r['peak_mb']:,.0f} | "

