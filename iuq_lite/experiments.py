@@ -108,7 +108,7 @@ STUDIES["long"] = [
 # Choosing the converged schedule on the dev split (its own generator stream; never val): the preset's length
 # and twice it (the test of convergence: doubling should gain < 1.5 AP). Curves: 250 dev images.
 STUDIES["dev"] = [(f"{n // 1000}k steps (dev split)", "shapes_long", {"data.val_split": "dev", "train.iters": n}, (0,))
-                  for n in (10_000, 20_000)]
+                  for n in (10_000, 20_000, 40_000)]
 SETTINGS["dev"] = {"train.threads": 1}
 # Run folders whose weights the notebooks and figures load (fp16, <= 10 MB): checkpoints/<preset>_s<seed>/
 KEEP = {("main", "baseline", 0): "shapes_s0", ("main", "full IUQ", 0): "shapes_iuq_s0",
