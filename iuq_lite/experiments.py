@@ -112,7 +112,8 @@ STUDIES["dev"] = [(f"{n // 1000}k steps (dev split)", "shapes_long", {"data.val_
 SETTINGS["dev"] = {"train.threads": 1}
 # Run folders whose weights the notebooks and figures load (fp16, <= 10 MB): checkpoints/<preset>_s<seed>/
 KEEP = {("main", "baseline", 0): "shapes_s0", ("main", "full IUQ", 0): "shapes_iuq_s0",
-        ("condinst", "baseline", 0): "shapes_condinst_s0", ("condinst", "full IUQ", 0): "shapes_condinst_iuq_s0"}
+        ("condinst", "baseline", 0): "shapes_condinst_s0", ("condinst", "full IUQ", 0): "shapes_condinst_iuq_s0",
+        ("long", "baseline", 0): "shapes_long_s0", ("long", "full IUQ", 0): "shapes_long_iuq_s0"}
 
 
 def run_key(preset: str, seed: int, overrides: dict) -> str:
