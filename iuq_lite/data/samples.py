@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import io
 import json
 import shutil
@@ -40,6 +39,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from .. import utils
 from .format import encode_masks, rle_json, split_paths
 
 VERSION = 1                        # bump when the output changes: a cached set of another version is rebuilt
@@ -207,9 +207,9 @@ def build(root: str | Path, *, use_apt: bool = True) -> dict[str, Any]:
                              "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0})
         info = {"description": "iuq_lite sample photos (python -m iuq_lite.data.samples)", "version": VERSION,
                 "split": s, "sources": [wheel.name] + ([DEB] if tree is not None else [])}
-        ann_file.write_text(json.dumps({"info": info, "licenses": LICENSES, "images": images,
-                                        "annotations": anns, "categories": cats}, separators=(",", ":")))
-        sha[str(ann_file.relative_to(root))] = hashlib.sha256(ann_file.read_bytes()).hexdigest()
+        utils.atomic_write_text(json.dumps({"info": info, "licenses": LICENSES, "images": images,
+                                            "annotations": anns, "categories": cats}, separators=(",", ":")), ann_file)
+        sha[str(ann_file.relative_to(root))] = utils.sha256_file(ann_file)
         counts[s] = {"images": len(images), "annotations": len(anns)}
     manifest = {"version": VERSION, "mode": "full" if tree is not None else "wheel-only",
                 "images": {s: c["images"] for s, c in counts.items()},
@@ -217,7 +217,7 @@ def build(root: str | Path, *, use_apt: bool = True) -> dict[str, Any]:
                 "split": {s: [p["file_name"] for p in ps] for s, ps in split.items()}, "sha256": sha,
                 "sources": {"wheel": wheel.name, "deb": sorted(p.name for p in cache.glob(f"{DEB}_*.deb"))
                             if tree is not None else None}, "seconds": round(time.time() - t0, 2)}
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    utils.write_json(manifest, root / "manifest.json")
     return manifest
 
 
