@@ -293,16 +293,24 @@ def reproduce(only: list[str] | None = None, seeds: list[int] | None = None, row
 
 def recheck(name: str, row: str, seed: int) -> dict:
     """Retrain one recorded run of study `name` at this revision (runs/recheck/...) and compare its mask AP
-    with the record: results match code when |delta| <= 0.1 (same machine type, one thread)."""
+    with the record: results match code when |delta| <= 0.1 (same machine type, one thread). The comparison
+    is appended to results/recheck.json."""
     (preset, over), = [(p, o) for r, p, o, _ in STUDIES[name] if r == row]
     recorded, = [r for r in row_runs(load_results(name)["runs"], preset, over) if r["seed"] == seed]
     slug = "".join(ch if ch.isalnum() else "_" for ch in row).strip("_")
     out = ROOT / "runs" / "recheck" / name / f"{slug}_s{seed}"
     rec = run_one(preset, seed, over, out, extra=SETTINGS.get(name, STUDY_SETTINGS))
     delta = rec["metrics"]["segm/AP"] - recorded["metrics"]["segm/AP"]
-    return {"study": name, "row": row, "seed": seed, "recorded_commit": recorded.get("commit"),
-            "commit": rec["commit"], "recorded_AP": recorded["metrics"]["segm/AP"],
-            "retrained_AP": rec["metrics"]["segm/AP"], "delta": round(delta, 2), "ok": abs(delta) <= 0.1}
+    out = {"study": name, "row": row, "seed": seed, "recorded_commit": recorded.get("commit"),
+           "commit": rec["commit"], "recorded_AP": recorded["metrics"]["segm/AP"],
+           "retrained_AP": rec["metrics"]["segm/AP"], "delta": round(delta, 2), "ok": abs(delta) <= 0.1,
+           "seconds": rec["seconds"]}
+    with open(RESULTS / ".recheck.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = RESULTS / "recheck.json"
+        checks = json.loads(path.read_text())["checks"] if path.exists() else []
+        utils.write_json({"checks": checks + [out]}, path)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- tables

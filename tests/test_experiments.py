@@ -103,7 +103,10 @@ def test_recheck_compares_a_retrained_run_with_its_record(tmp_path, monkeypatch)
              "metrics": {"segm/AP": 45.0}}]
     (tmp_path / "long.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
     for retrained, ok in ((45.08, True), (44.8, False)):
-        monkeypatch.setattr(ex, "run_one", lambda *a, ap=retrained, **k: {"metrics": {"segm/AP": ap}, "commit": "def"})
+        monkeypatch.setattr(ex, "run_one",
+                            lambda *a, ap=retrained, **k: {"metrics": {"segm/AP": ap}, "commit": "def", "seconds": 1.0})
         out = ex.recheck("long", "baseline", 0)
         assert out["ok"] is ok and out["recorded_commit"] == "abc" and out["commit"] == "def"
         assert out["delta"] == pytest.approx(retrained - 45.0, abs=0.01)
+    # every comparison is kept, in order, in results/recheck.json
+    assert [c["ok"] for c in json.loads((tmp_path / "recheck.json").read_text())["checks"]] == [True, False]
