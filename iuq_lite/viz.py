@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import colorsys
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -245,7 +247,20 @@ def show_grouped_bars(values: dict[str, dict], *, ylabel: str = "", title: str |
     return fig
 
 
-def show_learning_curves(curves: dict[str, list[dict]], *, size: tuple[float, float] = (10, 3.4)):
+def save_figure(fig, path: str | Path, *, dpi: int = 90) -> Path:
+    """Write a matplotlib Figure to `path` (format from its suffix) atomically, then close it."""
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+    plt.close(fig)
+    return path
+
+
+def show_learning_curves(curves: dict[str, list[dict]], *, size: tuple[float, float] = (10, 3.4),
+                         title: str | None = None):
     """AP against training steps and against minutes, one line per run: curves {label: [{"step", "minutes",
     "AP", "final"?}, ...]} as results/*.json records them (`experiments._record`). The final point (all val
     images) is drawn as a filled marker, the intermediate ones (a subset) as open ones. Returns the Figure."""
@@ -261,5 +276,7 @@ def show_learning_curves(curves: dict[str, list[dict]], *, size: tuple[float, fl
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mask AP")
     axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -110,3 +110,16 @@ def test_recheck_compares_a_retrained_run_with_its_record(tmp_path, monkeypatch)
         assert out["delta"] == pytest.approx(retrained - 45.0, abs=0.01)
     # every comparison is kept, in order, in results/recheck.json
     assert [c["ok"] for c in json.loads((tmp_path / "recheck.json").read_text())["checks"]] == [True, False]
+
+
+def test_plot_curves_draws_the_recorded_seed0_curves(tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "RESULTS", tmp_path)
+    out = tmp_path / "fig" / "curves.png"
+    with pytest.raises(FileNotFoundError, match="no recorded seed-0 learning curves"):
+        ex.plot_curves(out)
+    curve = [{"step": 2, "minutes": 1.0, "AP": 10.0}, {"step": 4, "minutes": 2.0, "AP": 20.0, "final": True}]
+    runs = [{"row": "baseline", "preset": "shapes_long", "seed": s, "overrides": {}, "metrics": {"segm/AP": 20.0},
+             "curve": curve} for s in (0, 1)]
+    (tmp_path / "long.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
+    assert ex.plot_curves(out) == out and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.parent.glob("*.tmp.png"))
