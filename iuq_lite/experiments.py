@@ -388,8 +388,8 @@ def gain_summary(name: str, metric: str = "segm/AP") -> str:
             continue
         ci = paired_ci(list(d.values()))
         span = f"95 % CI [{ci['lo']:+.1f}, {ci['hi']:+.1f}]" if ci["lo"] is not None else "one pair, no CI"
-        lines.append(f"- {row} − {STUDIES[name][0][0]}: mean paired ΔAP {ci['mean']:+.1f} over {ci['n']} seeds, "
-                     f"{span}")
+        lines.append(f"- {row} − {STUDIES[name][0][0]}: mean paired ΔAP {ci['mean']:+.1f} over {ci['n']} seed"
+                     f"{'s' if ci['n'] > 1 else ''}, {span}")
     return "\n".join(lines)
 
 

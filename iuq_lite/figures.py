@@ -1,6 +1,7 @@
 """Figures S1-S3 of the supplement, regenerated from a baseline and an IUQ checkpoint (METHOD §6).
 
-    paths = iuq.figures.make_figures("checkpoints/shapes_s0/model.pt", "checkpoints/shapes_iuq_s0/model.pt",
+    paths = iuq.figures.make_figures("checkpoints/shapes_long_s0/model.pt",
+                                     "checkpoints/shapes_long_iuq_s0/model.pt",
                                      "figures")          # [S1.png, S2.png, S3.png]; S1.json ... beside them
 
     python -m iuq_lite.figures --out figures/ [--baseline P --ours P] [--s1-baseline P --s1-ours P]
@@ -276,8 +277,8 @@ def make_figures(baseline_ckpt: str | Path, ours_ckpt: str | Path, out_dir: str 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m iuq_lite.figures", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--baseline", default="checkpoints/shapes_s0/model.pt")
-    p.add_argument("--ours", default="checkpoints/shapes_iuq_s0/model.pt")
+    p.add_argument("--baseline", default="checkpoints/shapes_long_s0/model.pt")
+    p.add_argument("--ours", default="checkpoints/shapes_long_iuq_s0/model.pt")
     p.add_argument("--s1-baseline", default="checkpoints/shapes_condinst_s0/model.pt",
                    help="S1's CondInst pair; S1 falls back to S2's pair when either file is missing")
     p.add_argument("--s1-ours", default="checkpoints/shapes_condinst_iuq_s0/model.pt")

@@ -30,11 +30,11 @@
 # IUQ (committed checkpoints from `make reproduce`; nothing is trained here).
 
 # %% tags=["parameters"]
-PRESET = "shapes_iuq"        # config whose data and IUQ settings are shown
+PRESET = "shapes_long_iuq"   # config whose data and IUQ settings are shown
 NUM_SHOW = 4                 # images in the look-alike gallery
 SEED = 0                     # which same-class pair the cross-scene picture uses
-BASELINE = "../checkpoints/shapes_s0/model.pt"      # committed by `make reproduce`
-OURS = "../checkpoints/shapes_iuq_s0/model.pt"
+BASELINE = "../checkpoints/shapes_long_s0/model.pt"      # converged baseline, committed by `make reproduce`
+OURS = "../checkpoints/shapes_long_iuq_s0/model.pt"
 
 # %%
 import operator

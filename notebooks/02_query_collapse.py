@@ -22,14 +22,15 @@
 # its embedding is not unique at the dataset level ("query collapse"). IUQ's inter-scene loss (Eq. 5)
 # asks each query to retrieve its instance from the whole dataset.
 #
-# This notebook measures that on the two committed checkpoints (the `shapes` baseline and the full
-# `shapes_iuq` model, same data, same schedule): (a) a query's heat map on other images,
+# This notebook measures that on the two committed checkpoints (the converged `shapes_long` baseline and
+# the full `shapes_long_iuq` model, same data, augmentation and schedule): (a) a query's heat map on other images,
 # (b) the cosine similarity of mask embeddings across images, (c) a query-uniqueness metric, and
 # (d) an explorer. Nothing is trained here; every number is measured and printed, not quoted.
 
 # %% tags=["parameters"]
-BASELINE = "checkpoints/shapes_s0/model.pt"      # relative to the repository root (`make reproduce`)
-OURS = "checkpoints/shapes_iuq_s0/model.pt"      # the same preset with IUQ (inter-scene + equivariance)
+BASELINE = "checkpoints/shapes_long_s0/model.pt"      # relative to the repository root (`make reproduce`)
+OURS = "checkpoints/shapes_long_iuq_s0/model.pt"      # the same preset with IUQ (inter-scene + equivariance)
+EXPERIMENT = "long"          # results/<EXPERIMENT>.json: the study whose seed-0 runs these are
 NUM_OTHERS = 4               # other val images shown in the retrieval pictures
 NUM_SIM = 12                 # val images whose matched embeddings enter the similarity matrix
 NUM_UNIQ = 50                # val images in the query-uniqueness measurement
@@ -48,17 +49,18 @@ import iuq_lite as iuq
 
 # %% [markdown]
 # The two committed checkpoints, loaded strictly: the weights' sha256 and config must match their manifest,
-# and the manifest's AP (re-measured on the fp16 weights) must match the study's record in `results/main.json`.
+# and the manifest's AP (re-measured on the fp16 weights) must match the study's record in
+# `results/<EXPERIMENT>.json`.
 
 # %%
-recorded = {(r["row"], r["seed"]): r["metrics"]["segm/AP"] for r in iuq.experiments.load_results("main")["runs"]}
+recorded = {(r["row"], r["seed"]): r["metrics"]["segm/AP"] for r in iuq.experiments.load_results(EXPERIMENT)["runs"]}
 study_row = {folder: (row, seed) for (_, row, seed), folder in iuq.experiments.KEEP.items()}
 models, manifests = {}, {}
 for name, path in (("baseline", BASELINE), ("IUQ", OURS)):
     models[name], cfg, manifests[name] = iuq.checkpoint.load_checkpoint(path, root=iuq.experiments.ROOT)
     ap, rec = manifests[name]["metrics"]["segm/AP"], recorded.get(study_row.get(Path(path).parent.name))
     print(f"{name:8s} {path}: preset {cfg.preset!r}, {manifests[name]['iters']} steps, val segm/AP {ap:.2f} "
-          f"(fp16 weights); results/main.json records {rec if rec is None else round(rec, 2)}")
+          f"(fp16 weights); results/{EXPERIMENT}.json records {rec if rec is None else round(rec, 2)}")
     assert rec is None or abs(ap - rec) <= 0.1               # the committed weights are the study's run
 assert manifests["baseline"]["config"]["data"] == manifests["IUQ"]["config"]["data"]   # same data
 paths = iuq.data.shapes.ensure_from_config(cfg.data)

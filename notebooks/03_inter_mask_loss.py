@@ -29,8 +29,8 @@
 # capacity sweep (the paper's Table S4 analog) from the committed results.
 
 # %% tags=["parameters"]
-BASELINE = "checkpoints/shapes_s0/model.pt"      # relative to the repository root (`make reproduce`)
-OURS = "checkpoints/shapes_iuq_s0/model.pt"      # the same preset with IUQ
+BASELINE = "checkpoints/shapes_long_s0/model.pt"      # relative to the repository root (`make reproduce`)
+OURS = "checkpoints/shapes_long_iuq_s0/model.pt"      # the same preset with IUQ
 B, Q, M, C = 2, 3, 6, 4      # the tiny case: images, queries per image, memory pixels, embedding width
 BATCH = 8                    # val images per memory push
 STEPS = 6                    # memory pushes

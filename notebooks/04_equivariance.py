@@ -29,8 +29,8 @@
 # Table S3 analog) from the committed results.
 
 # %% tags=["parameters"]
-BASELINE = "checkpoints/shapes_s0/model.pt"      # relative to the repository root (`make reproduce`)
-OURS = "checkpoints/shapes_iuq_s0/model.pt"      # the same preset with IUQ (inter-scene + equivariance)
+BASELINE = "checkpoints/shapes_long_s0/model.pt"      # relative to the repository root (`make reproduce`)
+OURS = "checkpoints/shapes_long_iuq_s0/model.pt"      # the same preset with IUQ (inter-scene + equivariance)
 IMAGE = 3                    # val image of the pictures
 CROP = 0.75                  # crop side ratio (a centred crop, aligned to the feature stride)
 ANGLE = 30.0                 # rotation, degrees (counter-clockwise)

@@ -29,11 +29,11 @@
 # checkpoints come from `make reproduce`, and a missing one is an error.
 
 # %% tags=["parameters"]
-BASELINE = "checkpoints/shapes_s0/model.pt"      # committed by `make reproduce`; relative to the repo root
-OURS = "checkpoints/shapes_iuq_s0/model.pt"      # the same schedule with IUQ (inter-scene + equivariance)
+BASELINE = "checkpoints/shapes_long_s0/model.pt"      # committed by `make reproduce`; relative to the repo root
+OURS = "checkpoints/shapes_long_iuq_s0/model.pt"      # the same schedule with IUQ (inter-scene + equivariance)
 S1_PAIR = ("checkpoints/shapes_condinst_s0/model.pt",      # Figure S1's CondInst baseline and CondInst + IUQ,
            "checkpoints/shapes_condinst_iuq_s0/model.pt")  # used when both are committed
-EXPERIMENT = "main"                              # results/<EXPERIMENT>.json
+EXPERIMENT = "long"                              # results/<EXPERIMENT>.json (the converged study)
 ROWS = ("baseline", "full IUQ")                  # the two rows of its study compared here
 NUM_IMAGES = 48                                  # val images scored for the figures (`make figures`: 200)
 CRITERIA_IMAGES = 100                            # val images for the failure-group criteria check
@@ -68,11 +68,12 @@ assert not base_cfg.iuq.inter.enabled and ours_cfg.iuq.inter.enabled and ours_cf
 # %% [markdown]
 # ## 1 · The COCOeval table (Table S1 style)
 #
-# Mask AP on the whole val split of the embedded dataset, 0–100 scale. The rows come from
-# `results/main.json` (mean ± sd over the study's seeds); until the study has recorded both rows, the
+# Mask AP on the whole val split of the embedded dataset, 0–100 scale, for the converged models
+# (`shapes_long`, `results/long.json`; mean ± sd over the seeds recorded so far, the short-schedule study
+# `results/main.json` is the README's "short schedule" record); until the study has recorded both rows, the
 # table falls back to the two committed checkpoints' manifests (one seed each, the same val split,
 # re-measured on the committed fp16 weights) and says so. The second row shows its difference to the
-# baseline, ↑ or ↓, as measured — with few seeds and a short CPU schedule, compare a difference with the
+# baseline, ↑ or ↓, as measured — with few seeds on a CPU, compare a difference with the
 # ± spread before reading anything into it.
 
 # %%
@@ -283,5 +284,5 @@ assert all(rep["groups"][g]["support"] == sum(g in a["groups"] for a in anns) fo
 #    larger pool give a gain at least as large in the top row?
 # 2. Which group has the lowest precision in section 5? Look at its criterion in `iuq.analysis` and find an
 #    annotation it flags that the generator did not tag (draw it with `iuq.viz.render_instances`).
-# 3. The table compares means over seeds. With the per-seed values in `results/main.json`, how large would
+# 3. The table compares means over seeds. With the per-seed values in `results/long.json`, how large would
 #    a difference have to be to exceed twice the pooled standard deviation?
