@@ -3,7 +3,7 @@
     python -m iuq_lite.experiments reproduce [--only main] [--seeds 0 1 2]
     python -m iuq_lite.experiments table                # README results tables from results/*.json
     python -m iuq_lite.experiments recheck long baseline 0   # retrain a recorded run: AP within 0.1?
-    python -m iuq_lite.experiments curves               # figures/learning_curves.png from results/{long,dev}.json
+    python -m iuq_lite.experiments curves               # figures/learning_curves.png from results/long*.json, dev
 
 `reproduce` is resumable: every run is one subprocess (`python -m iuq_lite.train`), its result is appended to
 `results/<experiment>.json` as soon as it ends, and runs already recorded there are skipped — so the study can
@@ -108,6 +108,11 @@ STUDIES["long"] = [
 STUDIES["dev"] = [(f"{n // 1000}k steps (dev split)", "shapes_long", {"data.val_split": "dev", "train.iters": n}, (0,))
                   for n in (10_000, 20_000, 40_000)]
 SETTINGS["dev"] = {"train.threads": 1}
+# Doubling 20k steps gains ~7 AP on the dev split, so 20k is not converged by the issue's test; the 5-seed study
+# stays at the length the machine affords, and this seed-0 pair on val asks whether the gap changes at 40k.
+STUDIES["long40k"] = [("baseline, 40k steps", "shapes_long", {"train.iters": 40_000}, (0,)),
+                      ("full IUQ, 40k steps", "shapes_long_iuq", {"train.iters": 40_000}, (0,))]
+SETTINGS["long40k"] = {"train.threads": 1}
 # Run folders whose weights the notebooks and figures load (fp16, <= 10 MB): checkpoints/<preset>_s<seed>/
 KEEP = {("main", "baseline", 0): "shapes_s0", ("main", "full IUQ", 0): "shapes_iuq_s0",
         ("condinst", "baseline", 0): "shapes_condinst_s0", ("condinst", "full IUQ", 0): "shapes_condinst_iuq_s0",
@@ -311,8 +316,8 @@ def recheck(name: str, row: str, seed: int) -> dict:
     return out
 
 
-def plot_curves(out: Path = ROOT / "figures" / "learning_curves.png", names: tuple[str, ...] = ("long", "dev"),
-                seed: int = 0) -> Path:
+def plot_curves(out: Path = ROOT / "figures" / "learning_curves.png",
+                names: tuple[str, ...] = ("long", "long40k", "dev"), seed: int = 0) -> Path:
     """The recorded learning curves (mask AP vs steps and vs minutes) of every `seed` run of the studies
     `names`, one line per run, as in notebook 05 (viz.show_learning_curves); written as a PNG."""
     curves = {r["row"] if name == "dev" else f"{name}: {r['row']} (val)": r["curve"] for name in names
@@ -416,7 +421,7 @@ def markdown_table(name: str) -> str:
 
 
 def readme_block(name: str) -> str:
-    gains = f"\n\n{gain_summary(name)}" if name == "long" and gain_summary(name) else ""
+    gains = f"\n\n{gain_summary(name)}" if name.startswith("long") and gain_summary(name) else ""
     return f"<!-- results:{name} -->\n{markdown_table(name)}{gains}\n<!-- /results:{name} -->"
 
 
@@ -450,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     rc.add_argument("row")
     rc.add_argument("seed", type=int)
     sub.add_parser("table", help="print the results tables and rewrite the README's generated blocks")
-    sub.add_parser("curves", help="figures/learning_curves.png: the recorded seed-0 curves of long and dev")
+    sub.add_parser("curves", help="figures/learning_curves.png: the recorded seed-0 curves of long, long40k, dev")
     args = ap.parse_args(argv)
     if args.cmd == "keep":
         out: Any = {"metrics": keep_checkpoint(Path(args.run_dir), args.name)["metrics"]}

@@ -119,16 +119,18 @@ assert all(manifests[n]["metrics"]["segm/APl"] is None for n in ckpt)
 # presets (`shapes_long`: flip + scale-jitter augmentation, 128-px crop) chose their length on the **dev**
 # split (its own generator stream; `results/dev.json`: the preset's length and twice it), and the converged
 # study (`results/long.json`) records every run's curve: mask AP on 250 images every 2,000 steps (open
-# markers) and on the whole split at the end (filled). Curves appear here as those runs are recorded.
+# markers) and on the whole split at the end (filled). Doubling 20k steps still gains on the dev split, so a
+# seed-0 pair at 40k steps on val (`results/long40k.json`) asks whether the gap changes with length. Curves
+# appear here as those runs are recorded.
 
 # %%
-curves = {f"{name}: {r['row']}": r["curve"] for name in ("dev", "long")
+curves = {f"{name}: {r['row']}": r["curve"] for name in ("dev", "long", "long40k")
           for r in iuq.experiments.load_results(name)["runs"] if r["seed"] == 0 and "curve" in r}
 for label, pts in curves.items():
     print(f"{label:40s}", "  ".join(f"{p['step']}: {p['AP']:.1f}" for p in pts))
 if curves:
     fig = iuq.viz.show_learning_curves(curves)
-for name in ("dev", "long"):              # the last point of every curve is the run's recorded AP
+for name in ("dev", "long", "long40k"):   # the last point of every curve is the run's recorded AP
     assert all(r["curve"][-1]["AP"] == r["metrics"]["segm/AP"] for r in iuq.experiments.load_results(name)["runs"])
 
 # %% [markdown]
