@@ -115,8 +115,8 @@ assert all(manifests[n]["metrics"]["segm/APl"] is None for n in ckpt)
 # %% [markdown]
 # ### Learning curves in the converged regime
 #
-# The short-schedule rows above stop at 1,500 steps, while the baseline is still climbing. The converged
-# presets (`shapes_long`: flip + scale-jitter augmentation, 128-px crop) chose their length on the **dev**
+# The short-schedule study (`results/main.json`) stops at 1,500 steps, with the baseline still climbing.
+# The converged presets (`shapes_long`: flip + scale-jitter augmentation, 128-px crop) chose their length on the **dev**
 # split (its own generator stream; `results/dev.json`: the preset's length and twice it), and the converged
 # study (`results/long.json`) records every run's curve: mask AP on 250 images every 2,000 steps (open
 # markers) and on the whole split at the end (filled). Doubling 20k steps still gains on the dev split, so a
