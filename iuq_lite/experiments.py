@@ -12,9 +12,9 @@ be spread over several sessions. Timing figures (step_s) are only meaningful on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -244,12 +244,20 @@ def _recorded_elsewhere(name: str, preset: str, seed: int, over: dict) -> dict |
     return None
 
 
-def _append(name: str, rec: dict, *, commit: bool = True) -> bool:
-    """Append a run record to results/<name>.json unless its run is already there (False then). Holds an
-    exclusive lock over the read-check-write: two `reproduce` processes may finish (or reuse) at once."""
+@contextlib.contextmanager
+def _locked(name: str):
+    """An exclusive lock on results/<name>.json for a read-modify-write: several `reproduce` / `recheck`
+    processes may finish at once."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _append(name: str, rec: dict, *, commit: bool = True) -> bool:
+    """Append a run record to results/<name>.json unless its run is already there (False then), under
+    _locked(name)."""
+    with _locked(name):
         res = load_results(name)
         if record_key(rec) in {record_key(r) for r in res["runs"]}:
             return False
@@ -304,16 +312,15 @@ def recheck(name: str, row: str, seed: int) -> dict:
     out = ROOT / "runs" / "recheck" / name / f"{slug}_s{seed}"
     rec = run_one(preset, seed, over, out, extra=SETTINGS.get(name, STUDY_SETTINGS))
     delta = rec["metrics"]["segm/AP"] - recorded["metrics"]["segm/AP"]
-    out = {"study": name, "row": row, "seed": seed, "recorded_commit": recorded.get("commit"),
-           "commit": rec["commit"], "recorded_AP": recorded["metrics"]["segm/AP"],
-           "retrained_AP": rec["metrics"]["segm/AP"], "delta": round(delta, 2), "ok": abs(delta) <= 0.1,
-           "seconds": rec["seconds"]}
-    with open(RESULTS / ".recheck.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    check = {"study": name, "row": row, "seed": seed, "recorded_commit": recorded.get("commit"),
+             "commit": rec["commit"], "recorded_AP": recorded["metrics"]["segm/AP"],
+             "retrained_AP": rec["metrics"]["segm/AP"], "delta": round(delta, 2), "ok": abs(delta) <= 0.1,
+             "seconds": rec["seconds"]}
+    with _locked("recheck"):
         path = RESULTS / "recheck.json"
         checks = json.loads(path.read_text())["checks"] if path.exists() else []
-        utils.write_json({"checks": checks + [out]}, path)
-    return out
+        utils.write_json({"checks": checks + [check]}, path)
+    return check
 
 
 def plot_curves(out: Path = ROOT / "figures" / "learning_curves.png",
