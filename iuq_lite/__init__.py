@@ -16,13 +16,13 @@ the top of a file or inside a function, and on any import cycle.
                  model.condinst, model
     IUQ          iuq.inter, iuq.memory, iuq.equivariance, iuq.criterion, iuq
     engine       checkpoint, evaluate, train
-    top floor    analysis, viz, figures, experiments, demo, bench
+    top floor    analysis, viz, figures, studies, experiments, demo, bench
 """
 from importlib import import_module
 
 __version__ = "0.1.0"
 _SUBMODULES = ("config", "utils", "transforms", "sampling", "data", "matcher", "losses", "model", "iuq",
-               "checkpoint", "evaluate", "train", "analysis", "viz", "figures", "experiments", "demo", "bench")
+               "checkpoint", "evaluate", "train", "analysis", "viz", "figures", "studies", "experiments", "demo", "bench")
 
 
 def __getattr__(name: str):

@@ -32,7 +32,7 @@ from .data.coco import CocoInstances, build_datasets
 from .data.format import split_paths
 from .data.samples import DEFAULT_ROOT
 from .evaluate import evaluate, postprocess
-from .experiments import RESULTS, ROOT, STUDIES
+from .studies import RESULTS, ROOT, STUDIES
 from .iuq import IUQCriterion, TwoViews
 from .iuq import inter as K
 from .model import build_criterion, build_model, iuq_adapter
@@ -222,7 +222,7 @@ def _step_setup(preset: str, overrides: dict):
 def bench_step(steps: int = 10, rounds: int = 4, preset: str = "shapes", warmup: int = 50,
                study: str | None = None) -> dict:
     """Training step time of a baseline preset (`shapes`): baseline vs inter-only vs full IUQ (METHOD §5);
-    with `study`, of every row of experiments.STUDIES[study] instead (e.g. "capacity": Table S4's step times).
+    with `study`, of every row of studies.STUDIES[study] instead (e.g. "capacity": Table S4's step times).
 
     Rounds alternate the variants (each `steps` steps after a warm-up that also fills the pixel memory), so
     load from other processes hits every variant alike; median seconds per step over rounds. Ratios are
@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] == "step":
         p = argparse.ArgumentParser(prog="python -m iuq_lite.bench step")
         p.add_argument("--preset", default="shapes")
-        p.add_argument("--study", default=None, help="time every row of this experiments study instead")
+        p.add_argument("--study", default=None, help="time every row of this study (studies.STUDIES) instead")
         for name, default in (("steps", 10), ("rounds", 4), ("warmup", 50)):
             p.add_argument(f"--{name}", type=int, default=default)
         print(json.dumps(bench_step(**vars(p.parse_args(argv[1:])))))

@@ -99,7 +99,7 @@ def load_model(path: str | Path, *, device: str = "cpu") -> tuple[torch.nn.Modul
 def load_checkpoint(path: str | Path, *, root: str | Path | None = None) -> tuple[torch.nn.Module, Config, dict]:
     """A committed checkpoint (checkpoints/<name>/model.pt) with its manifest, loaded strictly: the weights'
     sha256 and config must match the manifest (notebooks never retrain). A relative `path` is taken relative
-    to `root` when given (notebooks pass the repository root, iuq.experiments.ROOT), else to the working
+    to `root` when given (notebooks pass the repository root, iuq.studies.ROOT), else to the working
     directory."""
     path = Path(path) if root is None else Path(root) / path
     model, cfg = load_model(path)                   # FileNotFoundError names the path: run `make reproduce`

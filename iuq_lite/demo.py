@@ -15,7 +15,7 @@ import time
 
 from .config import from_preset
 from .data import shapes
-from .experiments import METRIC_COLS, ROOT, markdown_table
+from .studies import METRIC_COLS, ROOT, markdown_table
 from .train import train
 
 

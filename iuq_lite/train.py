@@ -144,7 +144,7 @@ class _Run:
     sched: torch.optim.lr_scheduler.LambdaLR
     train_ds: Any
     val_ds: Any
-    t0: float                            # time.time() at the start, for "seconds"
+    t0: float                            # time.time() at the start, less a resumed run's elapsed time: "seconds"
     tb: Any = None                       # TensorBoard writer or None
     history: list = field(default_factory=list)
     step: int = 0
@@ -195,6 +195,9 @@ def _setup(cfg: Config, out: Path, resume: bool, t0: float, *, explicit_classes:
         if (out / "history.jsonl").exists():        # records up to the checkpoint; later ones are redone
             records = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
             run.history = [h for h in records if h.get("step", 0) <= run.step]
+        # the clock goes on from the checkpoint ("seconds" counts training time, not time since this process
+        # began); checkpoints written before it carried the clock: the elapsed time of the history's records
+        run.t0 -= state.get("seconds", (elapsed_seconds(run.history) or [0.0])[-1])
         if utils.is_main():
             print(f"resumed from {ckpt_path} at step {run.step}", file=sys.stderr)
     elif utils.is_main():
@@ -264,7 +267,8 @@ def _save_checkpoint(run: _Run) -> None:
     if utils.is_main():
         checkpoint.save({"model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
                          "scheduler": run.sched.state_dict(), "criterion": run.crit.state_dict(), "rng": rng,
-                         "step": run.step, "skipped": run.skipped, "config": to_dict(run.cfg)}, run.out, run.step,
+                         "step": run.step, "skipped": run.skipped, "seconds": time.time() - run.t0,
+                         "config": to_dict(run.cfg)}, run.out, run.step,
                         keep_last=run.cfg.train.keep_last)
         with open(run.out / "history.jsonl", "w") as f:
             f.writelines(json.dumps(h) + "\n" for h in run.history)
@@ -368,8 +372,22 @@ def train(cfg: Config, *, out: str | Path | None = None, resume: bool = False, o
         _save_checkpoint(run)
     if run.step < t.iters:         # stop_after: interrupted on purpose
         return TrainResult(checkpoint=str(latest_checkpoint(run.out)), metrics={}, history=run.history,
-                           seconds=time.time() - t0, out=str(run.out))
+                           seconds=time.time() - run.t0, out=str(run.out))
     return _finish(run, overrides)
+
+
+def elapsed_seconds(history: list[dict]) -> list[float]:
+    """Each history record's training time since the run began ("seconds"), across resumes. Since the checkpoint
+    carries the clock, this is just the records' "seconds"; runs resumed before that restarted the clock at
+    each resume: a drop marks one, and the records after it are offset by the record before it (the
+    checkpoint's own step: ckpt_every is a multiple of log_every), so redone steps are not counted twice."""
+    out, offset, prev = [], 0.0, 0.0
+    for h in history:
+        if h["seconds"] < prev:
+            offset += prev
+        prev = h["seconds"]
+        out.append(offset + prev)
+    return out
 
 
 def _log_record(history: list, rec: dict, out: Path, tb=None) -> None:

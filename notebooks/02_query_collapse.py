@@ -53,11 +53,11 @@ import iuq_lite as iuq
 # `results/<EXPERIMENT>.json`.
 
 # %%
-recorded = {(r["row"], r["seed"]): r["metrics"]["segm/AP"] for r in iuq.experiments.load_results(EXPERIMENT)["runs"]}
-study_row = {folder: (row, seed) for (_, row, seed), folder in iuq.experiments.KEEP.items()}
+recorded = {(r["row"], r["seed"]): r["metrics"]["segm/AP"] for r in iuq.studies.load_results(EXPERIMENT)["runs"]}
+study_row = {folder: (row, seed) for (_, row, seed), folder in iuq.studies.KEEP.items()}
 models, manifests = {}, {}
 for name, path in (("baseline", BASELINE), ("IUQ", OURS)):
-    models[name], cfg, manifests[name] = iuq.checkpoint.load_checkpoint(path, root=iuq.experiments.ROOT)
+    models[name], cfg, manifests[name] = iuq.checkpoint.load_checkpoint(path, root=iuq.studies.ROOT)
     ap, rec = manifests[name]["metrics"]["segm/AP"], recorded.get(study_row.get(Path(path).parent.name))
     print(f"{name:8s} {path}: preset {cfg.preset!r}, {manifests[name]['iters']} steps, val segm/AP {ap:.2f} "
           f"(fp16 weights); results/{EXPERIMENT}.json records {rec if rec is None else round(rec, 2)}")
@@ -204,7 +204,7 @@ print(f"measured: {better} has the lower cross-image fire "
 # per loss switched on; `results/main_diagnostics.json` holds what it measured. Read it beside the AP.
 
 # %%
-diag_path = iuq.experiments.RESULTS / "main_diagnostics.json"
+diag_path = iuq.studies.RESULTS / "main_diagnostics.json"
 diag = json.loads(diag_path.read_text())["runs"] if diag_path.exists() else []
 print(f"{'row':34s} {'seed':>4s} {'AP':>6s} {'cross_fire':>10s} {'equi err hflip':>14s} {'crop':>6s}")
 for d in sorted(diag, key=lambda d: (d["seed"], d["row"])):

@@ -56,7 +56,7 @@ import iuq_lite as iuq
 # %%
 models, cfgs = {}, {}
 for name, path in (("baseline", BASELINE), ("IUQ", OURS)):
-    models[name], cfgs[name], _ = iuq.checkpoint.load_checkpoint(path, root=iuq.experiments.ROOT)
+    models[name], cfgs[name], _ = iuq.checkpoint.load_checkpoint(path, root=iuq.studies.ROOT)
     print(f"{name:8s} {path}: preset {cfgs[name].preset!r}, inter-scene loss {cfgs[name].iuq.inter.enabled}")
 cfg = cfgs["IUQ"]                                     # the inter-scene settings it was trained with
 alpha, gamma, ppi = cfg.iuq.inter.alpha, cfg.iuq.inter.gamma, cfg.iuq.inter.pixels_per_instance
@@ -279,15 +279,15 @@ with torch.no_grad():
 #
 # The paper varies the capacity (CondInst R50 on COCO): no inter-scene loss, in-batch negatives only
 # ("mini-batch only"), then 10k-100k pixels, reporting AP, training time and GPU memory. Our analog uses
-# the `shapes` baseline with the inter-scene loss alone at several capacities (`iuq.experiments.STUDIES`),
+# the `shapes` baseline with the inter-scene loss alone at several capacities (`iuq.studies.STUDIES`),
 # one seed each, read from `results/capacity.json` (written by `make reproduce`).
 
 # %%
-for row, preset, overrides, seeds in iuq.experiments.STUDIES["capacity"]:
+for row, preset, overrides, seeds in iuq.studies.STUDIES["capacity"]:
     inter = iuq.config.from_preset(preset, overrides).iuq.inter
     print(f"{row:16s} {preset:8s} seeds {list(seeds)} inter-scene loss {inter.enabled}, capacity {inter.capacity}")
-results = iuq.experiments.load_results("capacity")
-table = iuq.experiments.markdown_table("capacity")
+results = iuq.studies.load_results("capacity")
+table = iuq.studies.markdown_table("capacity")
 if not results["runs"]:
     print("\nresults/capacity.json does not exist yet: `make reproduce` has not produced the capacity sweep.")
 else:
@@ -298,10 +298,10 @@ else:
 # picture: AP and step time against the capacity (the mini-batch-only row at 0, the baseline left out).
 
 # %%
-rows = iuq.experiments.summarize("capacity")
+rows = iuq.studies.summarize("capacity")
 capacity = {row: iuq.config.from_preset(preset, over).iuq.inter.capacity        # rows with the inter loss
-            for row, preset, over, _ in iuq.experiments.STUDIES["capacity"] if over}
-assert iuq.experiments.table_matches_runs("capacity")            # each row's AP recomputed from the runs
+            for row, preset, over, _ in iuq.studies.STUDIES["capacity"] if over}
+assert iuq.studies.table_matches_runs("capacity")            # each row's AP recomputed from the runs
 if rows:
     pts = sorted(((capacity[r["row"]], r) for r in rows if r["row"] in capacity), key=lambda t: t[0])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3))

@@ -57,7 +57,7 @@ import iuq_lite as iuq
 # %%
 models, cfgs = {}, {}
 for name, path in (("baseline", BASELINE), ("IUQ", OURS)):
-    models[name], cfgs[name], _ = iuq.checkpoint.load_checkpoint(path, root=iuq.experiments.ROOT)
+    models[name], cfgs[name], _ = iuq.checkpoint.load_checkpoint(path, root=iuq.studies.ROOT)
     e = cfgs[name].iuq.equi
     print(f"{name:8s} {path}: equivariance loss {e.enabled}" + (f", kinds {list(e.kinds)}, lambda {e.weight}"
                                                                  if e.enabled else ""))
@@ -278,15 +278,15 @@ assert torch.allclose(out_g["pred_masks"], torch.einsum("bqc,bchw->bqhw", E_g, o
 #
 # The paper (CondInst R50, COCO, $L_{equi}$ only) adds transform families one by one and trains each either
 # as augmentation or through the equivariance loss. Our analog: the `shapes` baseline plus the second forward
-# on $g(I)$, with the same $\lambda$ and steps, as augmentation or as Eq. 8 (`iuq.experiments.STUDIES`), one
+# on $g(I)$, with the same $\lambda$ and steps, as augmentation or as Eq. 8 (`iuq.studies.STUDIES`), one
 # seed each, read from `results/equivariance.json` (written by `make reproduce`). Two more rows (ours, not the
 # paper's) train Eq. 8 with one transform each, hflip only and crop only, to see which one costs AP.
 
 # %%
-for row, preset, overrides, seeds in iuq.experiments.STUDIES["equivariance"]:
+for row, preset, overrides, seeds in iuq.studies.STUDIES["equivariance"]:
     print(f"{row:34s} {preset} seeds {list(seeds)} kinds {iuq.config.from_preset(preset, overrides).iuq.equi.kinds}")
-results = iuq.experiments.load_results("equivariance")
-table = iuq.experiments.markdown_table("equivariance")
+results = iuq.studies.load_results("equivariance")
+table = iuq.studies.markdown_table("equivariance")
 if not results["runs"]:
     print("\nresults/equivariance.json does not exist yet: `make reproduce` has not produced this study.")
 else:
@@ -297,9 +297,9 @@ else:
 # of each transform family.
 
 # %%
-rows = iuq.experiments.summarize("equivariance")
-studies = {row: (preset, over) for row, preset, over, _ in iuq.experiments.STUDIES["equivariance"]}
-assert iuq.experiments.table_matches_runs("equivariance")            # each row's AP recomputed from the runs
+rows = iuq.studies.summarize("equivariance")
+studies = {row: (preset, over) for row, preset, over, _ in iuq.studies.STUDIES["equivariance"]}
+assert iuq.studies.table_matches_runs("equivariance")            # each row's AP recomputed from the runs
 if rows:
     ap = {r["row"]: r["metrics"]["segm/AP"][0] for r in rows}
     families = list(dict.fromkeys(r.rsplit(" as ", 1)[0] for r in studies))

@@ -51,7 +51,7 @@ from pycocotools.cocoeval import Params
 
 import iuq_lite as iuq
 
-ckpt = {name: iuq.experiments.ROOT / path for name, path in (("baseline", BASELINE), ("ours", OURS))}
+ckpt = {name: iuq.studies.ROOT / path for name, path in (("baseline", BASELINE), ("ours", OURS))}
 cfgs, manifests = {}, {}
 for name, path in ckpt.items():
     _, cfgs[name] = iuq.checkpoint.load_model(path)   # FileNotFoundError if missing: we never retrain here
@@ -79,12 +79,12 @@ assert not base_cfg.iuq.inter.enabled and ours_cfg.iuq.inter.enabled and ours_cf
 # %%
 COLS = ("segm/AP", "segm/AP50", "segm/AP75", "segm/APs", "segm/APm", "segm/APl")
 LABELS = {"baseline": "baseline (Mask2Former-style)", "ours": "+IUQ"}
-summary = {r["row"]: r for r in iuq.experiments.summarize(EXPERIMENT)}
+summary = {r["row"]: r for r in iuq.studies.summarize(EXPERIMENT)}
 if all(r in summary for r in ROWS):
     source = f"results/{EXPERIMENT}.json: " + ", ".join(f"{r} seeds {summary[r]['seeds']}" for r in ROWS)
     values = {LABELS[n]: {k: ms[0] if summary[r]["n"] == 1 else ms for k, ms in summary[r]["metrics"].items()}
               for n, r in zip(ckpt, ROWS)}                                    # (mean, sd) shows as "m ± s"
-    runs = iuq.experiments.load_results(EXPERIMENT)["runs"]
+    runs = iuq.studies.load_results(EXPERIMENT)["runs"]
     for n, r in zip(ckpt, ROWS):       # the committed checkpoint IS its row's seed-0 run (fp32 metrics)
         seed0 = [x for x in runs if x.get("row") == r and x["seed"] == manifests[n]["seed"]]
         recorded = manifests[n].get("metrics_fp32", manifests[n]["metrics"])
@@ -125,13 +125,13 @@ assert all(manifests[n]["metrics"]["segm/APl"] is None for n in ckpt)
 
 # %%
 curves = {f"{name}: {r['row']}": r["curve"] for name in ("dev", "long", "long40k")
-          for r in iuq.experiments.load_results(name)["runs"] if r["seed"] == 0 and "curve" in r}
+          for r in iuq.studies.load_results(name)["runs"] if r["seed"] == 0 and "curve" in r}
 for label, pts in curves.items():
     print(f"{label:40s}", "  ".join(f"{p['step']}: {p['AP']:.1f}" for p in pts))
 if curves:
     fig = iuq.viz.show_learning_curves(curves)
 for name in ("dev", "long", "long40k"):   # the last point of every curve is the run's recorded AP
-    assert all(r["curve"][-1]["AP"] == r["metrics"]["segm/AP"] for r in iuq.experiments.load_results(name)["runs"])
+    assert all(r["curve"][-1]["AP"] == r["metrics"]["segm/AP"] for r in iuq.studies.load_results(name)["runs"])
 
 # %% [markdown]
 # ### Why the paper's deltas and ours can differ — beside IUQ itself
@@ -181,7 +181,7 @@ assert all(v[cat] is not None for v in bars.values() for cat in keys)
 
 # %%
 out_dir = Path(tempfile.mkdtemp(prefix="iuq_figures_"))
-s1_pair = tuple(iuq.experiments.ROOT / p for p in S1_PAIR)
+s1_pair = tuple(iuq.studies.ROOT / p for p in S1_PAIR)
 s1_pair = s1_pair if all(p.is_file() for p in s1_pair) else None
 with contextlib.redirect_stderr(io.StringIO()):                 # per-batch progress lines
     pngs = iuq.figures.make_figures(ckpt["baseline"], ckpt["ours"], out_dir, num_images=NUM_IMAGES,

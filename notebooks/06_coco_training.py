@@ -50,7 +50,7 @@ import torch
 
 import iuq_lite as iuq
 
-ROOT = iuq.experiments.ROOT                      # CLIs run from the repo root, like in a terminal
+ROOT = iuq.studies.ROOT                          # CLIs run from the repo root, like in a terminal
 get = lambda cfg, key: operator.attrgetter(key)(cfg)
 
 

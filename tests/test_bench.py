@@ -23,8 +23,8 @@ def test_gpu_step_figures_run_on_a_tiny_preset():
 
 
 def test_step_bench_times_every_row_of_a_study(monkeypatch):
-    from iuq_lite import experiments
-    monkeypatch.setitem(experiments.STUDIES, "_t", [("none", "tiny", {}, (0,)),
+    from iuq_lite import studies
+    monkeypatch.setitem(studies.STUDIES, "_t", [("none", "tiny", {}, (0,)),
                                                      ("mini-batch only", "tiny", {"iuq.inter.enabled": True,
                                                                                   "iuq.inter.capacity": 0}, (0,))])
     out = bench.bench_step(steps=1, rounds=1, warmup=1, study="_t")

@@ -1,85 +1,25 @@
+"""experiments.py: running the studies (reproduce, recheck, retime) and what is drawn from their runs."""
 import json
 
 import pytest
 
-import iuq_lite as iuq
 from iuq_lite import experiments as ex
-
-
-def test_readme_tables_match_results():
-    """The README's results tables are generated from results/*.json (`python -m iuq_lite.experiments table`)."""
-    readme = (ex.ROOT / "README.md").read_text()
-    for name in ex.STUDIES:
-        assert ex.readme_block(name) in readme, f"README block for {name!r} is stale: run experiments table"
-
-
-def test_summary_means_and_sds(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "RESULTS", tmp_path)
-    runs = [{"row": "baseline", "preset": "shapes", "seed": s, "overrides": {}, "step_s": 0.5, "peak_mb": 900,
-             "metrics": {"segm/AP": ap, "segm/APl": None}} for s, ap in enumerate([10.0, 12.0, 14.0])]
-    (tmp_path / "main.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
-    rows = ex.summarize("main")
-    assert len(rows) == 1 and rows[0]["n"] == 3 and rows[0]["seeds"] == [0, 1, 2]
-    mean, sd = rows[0]["metrics"]["segm/AP"]
-    assert mean == pytest.approx(12.0) and sd == pytest.approx(2.0)
-    assert "segm/APl" not in rows[0]["metrics"]
-    assert "12.0 ± 2.0" in ex.markdown_table("main")
-
-
-def test_paired_deltas_use_the_seeds_both_rows_have(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "RESULTS", tmp_path)
-    monkeypatch.setitem(ex.STUDIES, "_t", [("base", "shapes", {}, (0, 1)), ("ours", "shapes_iuq", {}, (0, 1, 2))])
-    runs = [{"preset": p, "seed": s, "overrides": {}, "metrics": {"segm/AP": ap}}
-            for p, s, ap in [("shapes", 0, 10.0), ("shapes", 1, 12.0), ("shapes_iuq", 0, 11.5),
-                             ("shapes_iuq", 1, 11.0), ("shapes_iuq", 2, 30.0)]]
-    (tmp_path / "_t.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
-    assert ex.paired_deltas("_t") == {"ours": {0: pytest.approx(1.5), 1: pytest.approx(-1.0)}}
-    assert "+1.5 (s0), -1.0 (s1)" in ex.markdown_table("_t")
-
-
-def test_every_study_row_is_a_valid_config():
-    for rows in ex.STUDIES.values():
-        for _, preset, over, seeds in rows:
-            iuq.config.from_preset(preset, {**over, **ex.STUDY_SETTINGS})
-            assert seeds
+from iuq_lite import studies as st
 
 
 def test_reproduce_reuses_a_run_recorded_by_another_study(tmp_path, monkeypatch):
     """Table S4's "none" row is main's baseline run: reproduce copies its record instead of training again."""
-    monkeypatch.setattr(ex, "RESULTS", tmp_path)
-    monkeypatch.setattr(ex, "STUDIES", {"main": [("baseline", "shapes", {}, (0,))],
+    monkeypatch.setattr(st, "RESULTS", tmp_path)
+    monkeypatch.setattr(st, "STUDIES", {"main": [("baseline", "shapes", {}, (0,))],
                                         "capacity": [("none", "shapes", {}, (0,))]})
     rec = {"row": "baseline", "preset": "shapes", "seed": 0, "overrides": {}, "metrics": {"segm/AP": 20.0}}
     (tmp_path / "main.json").write_text(json.dumps({"command": "x", "commit": None, "runs": [rec]}))
     monkeypatch.setattr(ex, "run_one", lambda *a, **k: pytest.fail("trained a run that was already recorded"))
     ex.reproduce(only=["capacity"])
-    runs = ex.load_results("capacity")["runs"]
+    runs = st.load_results("capacity")["runs"]
     assert [(r["row"], r["metrics"]["segm/AP"], r["reused_from"]) for r in runs] == [("none", 20.0, "results/main.json")]
     # a second process that saw the same stale state appends nothing (the check runs under the results lock)
-    assert not ex._append("capacity", {**rec, "row": "none"}) and len(ex.load_results("capacity")["runs"]) == 1
-
-
-def test_paired_ci_is_the_t_interval_with_n_minus_1_dof():
-    ci = ex.paired_ci([1.0, 2.0, 3.0])              # mean 2, sd 1, t(0.975, 2) = 4.3027
-    assert ci["n"] == 3 and ci["mean"] == pytest.approx(2.0) and ci["sd"] == pytest.approx(1.0)
-    assert (ci["lo"], ci["hi"]) == pytest.approx((2 - 4.302653 / 3 ** 0.5, 2 + 4.302653 / 3 ** 0.5), abs=1e-5)
-    wide, narrow = ex.paired_ci([1.0, 3.0]), ex.paired_ci([1.0, 3.0] * 5)   # more pairs: a narrower interval
-    assert wide["hi"] - wide["lo"] > narrow["hi"] - narrow["lo"]
-    assert ex.paired_ci([0.5])["lo"] is None
-    with pytest.raises(ValueError):
-        ex.paired_ci([])
-
-
-def test_gain_summary_states_the_mean_paired_delta_and_its_ci(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "RESULTS", tmp_path)
-    runs = [{"row": row, "preset": preset, "seed": s, "overrides": {}, "metrics": {"segm/AP": ap}}
-            for row, preset, aps in (("baseline", "shapes_long", [40.0, 42.0, 41.0]),
-                                     ("full IUQ", "shapes_long_iuq", [41.0, 44.0, 42.0]))
-            for s, ap in enumerate(aps)]
-    (tmp_path / "long.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
-    line = ex.gain_summary("long")
-    ci = ex.paired_ci([1.0, 2.0, 1.0])
-    assert f"mean paired ΔAP +1.3 over 3 seeds, 95 % CI [{ci['lo']:+.1f}, {ci['hi']:+.1f}]" in line
+    assert not st.append_run("capacity", {**rec, "row": "none"}) and len(st.load_results("capacity")["runs"]) == 1
 
 
 def test_a_finished_run_folder_is_recorded_not_retrained(tmp_path, monkeypatch):
@@ -98,7 +38,7 @@ def test_a_finished_run_folder_is_recorded_not_retrained(tmp_path, monkeypatch):
 
 
 def test_recheck_compares_a_retrained_run_with_its_record(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "RESULTS", tmp_path)
+    monkeypatch.setattr(st, "RESULTS", tmp_path)
     runs = [{"row": "baseline", "preset": "shapes_long", "seed": 0, "overrides": {}, "commit": "abc",
              "metrics": {"segm/AP": 45.0}}]
     (tmp_path / "long.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
@@ -113,7 +53,7 @@ def test_recheck_compares_a_retrained_run_with_its_record(tmp_path, monkeypatch)
 
 
 def test_plot_curves_draws_the_recorded_seed0_curves(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "RESULTS", tmp_path)
+    monkeypatch.setattr(st, "RESULTS", tmp_path)
     out = tmp_path / "fig" / "curves.png"
     with pytest.raises(FileNotFoundError, match="no recorded seed-0 learning curves"):
         ex.plot_curves(out)
@@ -123,3 +63,25 @@ def test_plot_curves_draws_the_recorded_seed0_curves(tmp_path, monkeypatch):
     (tmp_path / "long.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
     assert ex.plot_curves(out) == out and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.parent.glob("*.tmp.png"))
+
+
+def test_retime_rejoins_the_clock_of_runs_resumed_by_old_revisions(tmp_path, monkeypatch):
+    """A run resumed at step 4 by a revision whose checkpoints did not carry the clock logged 3 s where 23 s had
+    passed: retime re-derives its seconds and curve minutes; a run without a restart is left as recorded."""
+    monkeypatch.setattr(st, "RESULTS", tmp_path)
+    histories = {"baseline": [{"step": 2, "seconds": 10.0, "segm/AP": 1.0}, {"step": 4, "seconds": 20.0},
+                              {"step": 6, "seconds": 3.0, "segm/AP": 2.0}],
+                 "full IUQ": [{"step": 2, "seconds": 10.0, "segm/AP": 1.0}, {"step": 4, "seconds": 20.0}]}
+    runs = []
+    for row, hist in histories.items():
+        out = tmp_path / "runs" / "long" / f"{row.replace(' ', '_')}_s0"
+        out.mkdir(parents=True)
+        (out / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in hist))
+        (out / "manifest.json").write_text(json.dumps({"iters": 8, "seconds": 6.0 if row == "baseline" else 30.0}))
+        runs.append({"row": row, "preset": "shapes_long", "seed": 0, "overrides": {}, "seconds": 1.0,
+                     "metrics": {"segm/AP": 3.0}, "curve": []})
+    (tmp_path / "long.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
+    assert ex.retime("long", tmp_path / "runs") == ["baseline s0"]
+    base, iuq_run = st.load_results("long")["runs"]
+    assert base["seconds"] == 26.0 and [p["minutes"] for p in base["curve"]] == [0.17, 0.38, 0.43]
+    assert iuq_run["seconds"] == 1.0 and iuq_run["curve"] == []

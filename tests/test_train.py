@@ -59,6 +59,39 @@ def test_resume_after_kill_gives_identical_weights(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
+def test_a_resumed_run_goes_on_with_its_clock(tmp_path):
+    """"seconds" is training time since the run began: a resumed run adds to the checkpoint's clock; a checkpoint
+    from before the clock was carried takes it from the history's last kept record."""
+    cfg = iuq.config.from_preset("tiny", {"train.iters": 6, "train.ckpt_every": 2, "train.log_every": 2,
+                                          "train.eval_at_end": False})
+    for carried in (True, False):
+        out = tmp_path / str(carried)
+        iuq.train.train(cfg, out=out, progress=False, stop_after=4)
+        ckpt = out / "ckpt" / "iter_0000004.pt"
+        state = torch.load(ckpt, weights_only=True)
+        if carried:
+            state["seconds"] = 1000.0                      # as if the first process had trained 1,000 s
+        else:
+            del state["seconds"]
+            lines = (out / "history.jsonl").read_text().splitlines()
+            (out / "history.jsonl").write_text("\n".join(
+                json.dumps({**json.loads(x), "seconds": 500.0 * (i + 1)}) for i, x in enumerate(lines)) + "\n")
+        torch.save(state, ckpt)
+        res = iuq.train.train(cfg, out=out, resume=True, progress=False)
+        seconds = [h["seconds"] for h in res.history]
+        # carried: the checkpoint's 1,000 s; not: the history's records (500, 1,000 s at steps 2 and 4)
+        assert [h["step"] for h in res.history] == [2, 4, 6] and seconds[-1] > 1000.0
+        assert json.loads((out / "manifest.json").read_text())["seconds"] >= seconds[-1]
+
+
+def test_elapsed_seconds_joins_the_clock_restarts_of_old_resumes():
+    history = [{"step": 2, "seconds": 10.0}, {"step": 4, "seconds": 20.0},      # resumed from step 4:
+               {"step": 6, "seconds": 3.0}, {"step": 8, "seconds": 13.0},       # its clock restarted
+               {"step": 10, "seconds": 1.0}]
+    assert iuq.train.elapsed_seconds(history) == [10.0, 20.0, 23.0, 33.0, 34.0]
+    assert iuq.train.elapsed_seconds(history[:2]) == [10.0, 20.0] and iuq.train.elapsed_seconds([]) == []
+
+
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     over = {"train.iters": 2, "train.eval_at_end": False}
     iuq.train.train(iuq.config.from_preset("tiny", over), out=tmp_path, progress=False)
