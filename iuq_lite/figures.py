@@ -41,8 +41,8 @@ from .checkpoint import load_model
 from .data.coco import CocoInstances, collate, dataset_files
 from .data.format import encode_masks, index_coco, split_paths
 from .evaluate import coco_eval, postprocess, to_coco_results
-from .utils import sha256_file
-from .viz import match_colors, palette, render_instances, to_numpy_image
+from .utils import atomic_write_text, sha256_file
+from .viz import match_colors, palette, render_instances, save_figure, to_numpy_image
 
 MATCH_IOU = 0.5                      # a drawn prediction "is" the GT instance it overlaps this much
 HARD_IOU = 0.5                       # S3: below this mean IoU a group's instances count as failed
@@ -258,7 +258,7 @@ def make_figures(baseline_ckpt: str | Path, ours_ckpt: str | Path, out_dir: str 
         built = [(g, [_row(ds, index_of[i], drawn[i], by_id[i], names, g) for i in ids])
                  for g, ids in groups]
         fig = render_figure([(GROUP_TITLES.get(g), [p for p, _ in rs]) for g, rs in built], title=title)
-        fig.savefig(out_dir / f"{key}.png", dpi=dpi)
+        save_figure(fig, out_dir / f"{key}.png", dpi=dpi)          # atomic, and closed (not shown twice inline)
         source = {"figure": key, "title": title, "columns": ["image", names["baseline"], names["ours"],
                   "ground truth"], "selection_rule": rule + "; see iuq_lite.figures' docstring",
                   "checkpoints": {"baseline": _rel(pairs[pair][0]), "ours": _rel(pairs[pair][1])},
@@ -268,7 +268,7 @@ def make_figures(baseline_ckpt: str | Path, ours_ckpt: str | Path, out_dir: str 
                   "rows": [r for _, rs in built for _, r in rs], "per_image": "@"}
         # one line per image keeps the 200-image score table diffable without tripling the file
         table = "[\n" + ",\n".join(json.dumps(r) for r in scores) + "\n]"
-        (out_dir / f"{key}.json").write_text(json.dumps(source, indent=1).replace('"@"', table) + "\n")
+        atomic_write_text(json.dumps(source, indent=1).replace('"@"', table) + "\n", out_dir / f"{key}.json")
         paths.append(out_dir / f"{key}.png")
         print(f"figures: wrote {paths[-1]} ({len(source['rows'])} rows)", file=sys.stderr, flush=True)
     return paths

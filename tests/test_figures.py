@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -75,6 +76,9 @@ def test_make_figures_writes_the_grid_and_is_deterministic(checkpoints, tmp_path
     first = make_figures(*checkpoints, tmp_path / "a", **kw)
     second = make_figures(*checkpoints, tmp_path / "b", **kw)
     assert [p.name for p in first] == ["S1.png", "S2.png", "S3.png"]
+    assert sorted(f.name for f in (tmp_path / "a").iterdir()) == ["S1.json", "S1.png", "S2.json", "S2.png",
+                                                                  "S3.json", "S3.png"]   # no temp file left
+    assert not plt.get_fignums()                  # written and closed: a notebook does not show them again
     for p, q in zip(first, second):
         with Image.open(p) as im:
             assert im.width == round(4 * 1.9 * 150)                            # four panel columns at 150 dpi
