@@ -1,9 +1,11 @@
-"""Measurements behind notebooks 02, 04 and 05: failure groups, query uniqueness, equivariance error.
+"""Measurements behind notebooks 02, 04 and 05: failure groups, query uniqueness, equivariance error, and
+how the IUQ terms' gradients align with the instance losses'.
 
     groups = iuq.analysis.assign_groups(coco, image_dir="data/coco/val2017")  # {ann_id: ["deformed", ...]}
     report = iuq.analysis.group_criteria_report(val_ann, val_dir, tune_ann=train_ann, tune_images=train_dir)
     u = iuq.analysis.query_uniqueness(model, dataset)     # {"cross_fire": ..., "cross_fire_same_class": ...}
     e = iuq.analysis.equivariance_errors(model, dataset)  # {"hflip": ..., "crop": ..., ...}
+    a = iuq.analysis.gradient_alignment(model, crit, batches)  # {"all": {"norm", "cos": {"intra·equi": ...}}}
 
 The five failure groups of the paper's Figure S3 for ANY COCO-format dataset, by measurable criteria (pure
 functions on masks, documented below): occluded_similar `contact_ratio`, complex_topology `topology`,
@@ -12,9 +14,10 @@ TRANSPARENT_COCO or, where none matches (shapes), `opacity`. Thresholds: `tune_t
 """
 from __future__ import annotations
 
+import copy
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -390,6 +393,59 @@ def equivariance_errors(model: torch.nn.Module, dataset: Any, *,
                 g = sample(k, image_size=images.shape[-2:], stride=stride, generator=gens[k], ranges=ranges)
                 sums[k] += _equi_sums(model, images, g, f)
     return {k: math.sqrt(n / d) if d > 0 else math.nan for k, (n, d) in sums.items()}
+
+
+def _alignment(grads: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """{"norm": {term: ||g||}, "cos": {"a·b": cosine}} of flat gradient vectors (cosine None when one is 0)."""
+    names = list(grads)
+    norms = {k: float(grads[k].norm()) for k in names}
+    cos = {f"{a}·{b}": float(grads[a] @ grads[b]) / (norms[a] * norms[b]) if norms[a] * norms[b] > 0 else None
+           for i, a in enumerate(names) for b in names[i + 1:]}
+    return {"norm": norms, "cos": cos}
+
+
+def gradient_alignment(model: torch.nn.Module, crit: Any, batches: Iterable, *, num_batches: int = 16,
+                       warmup: int = 40) -> dict:
+    """Do the IUQ terms pull with or against the instance losses at this model? Per batch (images [B,3,H,W],
+    targets) of a training stream, the gradients over the model's parameters of L_intra (the base criterion's
+    terms, summed), w_inter L_inter (Eq. 5) and lambda L_equi (Eq. 8) — `crit`: an IUQCriterion with its terms
+    on —, their norms and pairwise cosines, as means over `num_batches` batches ("all"), and per top-level
+    child module ("by_module", e.g. backbone, pixel_decoder, layers); "summed": the cosines of the gradients
+    summed over the batches (the direction of one large-batch step). `warmup` batches first fill the pixel
+    memory without gradients, as ~40 training steps do. Train mode, as in training, on a copy of the model."""
+    model = copy.deepcopy(model).train()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    stream = iter(batches)
+    with torch.no_grad():
+        for step in range(warmup):
+            crit(model, *next(stream), step=step)
+            crit.after_step()
+    rows, total = [], {}
+    for step in range(warmup, warmup + num_batches):
+        losses = crit(model, *next(stream), step=step)
+        terms = {"intra": sum(v for k, v in losses.items() if k not in ("loss_inter", "loss_equi")),
+                 **{k[5:]: losses[k] for k in ("loss_inter", "loss_equi") if k in losses}}
+        grads = {}
+        for term, loss in terms.items():
+            gs = torch.autograd.grad(loss, [p for _, p in named], retain_graph=True, allow_unused=True)
+            grads[term] = [torch.zeros_like(p) if g is None else g for g, (_, p) in zip(gs, named)]
+        crit.after_step()
+        children = sorted({n.split(".")[0] for n, _ in named})
+        flat = {c: {t: torch.cat([g.flatten() for g, (n, _) in zip(gs, named) if n.split(".")[0] == c])
+                    for t, gs in grads.items()} for c in children}
+        rows.append({"all": _alignment({t: torch.cat([g.flatten() for g in gs]) for t, gs in grads.items()}),
+                     "by_module": {c: _alignment(flat[c]) for c in children}})
+        for t, gs in grads.items():
+            total[t] = total.get(t, 0) + torch.cat([g.flatten() for g in gs])
+
+    def mean(key: Callable[[dict], dict]) -> dict:          # over the batches where it is defined
+        return {k: float(np.mean(v)) if (v := [key(r)[k] for r in rows if key(r)[k] is not None]) else None
+                for k in key(rows[0])}
+    return {"num_batches": num_batches, "warmup": warmup,
+            "all": {"norm": mean(lambda r: r["all"]["norm"]), "cos": mean(lambda r: r["all"]["cos"])},
+            "by_module": {c: {"norm": mean(lambda r, c=c: r["by_module"][c]["norm"]),
+                              "cos": mean(lambda r, c=c: r["by_module"][c]["cos"])} for c in rows[0]["by_module"]},
+            "summed": _alignment(total)["cos"]}
 
 
 def per_image_iou(pred_masks: torch.Tensor | np.ndarray, gt_masks: torch.Tensor | np.ndarray) -> np.ndarray:

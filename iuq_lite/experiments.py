@@ -25,14 +25,16 @@ from typing import Any
 import torch
 
 from . import studies, utils, viz
-from .analysis import equivariance_errors, query_uniqueness
+from .analysis import equivariance_errors, gradient_alignment, query_uniqueness
 from .checkpoint import load_checkpoint, load_model
 from .config import from_dict, from_preset
 from .data.coco import build_datasets
 from .evaluate import evaluate
+from .iuq import IUQCriterion
+from .model import build_criterion, build_model, iuq_adapter
 from .studies import (KEEP, ROOT, SETTINGS, STUDY_SETTINGS, markdown_table, record_key, row_runs, run_key,
                       update_readme)
-from .train import elapsed_seconds
+from .train import batches, elapsed_seconds
 
 CHECKPOINTS = ROOT / "checkpoints"
 
@@ -156,6 +158,33 @@ def diagnose(name: str = "main") -> dict:
     return res
 
 
+def gradients(names: tuple[str, ...] = ("main", "long"), *, num_batches: int = 16, warmup: int = 40) -> dict:
+    """analysis.gradient_alignment of each study's committed seed-0 pair (KEEP) and, for the last study, of its
+    IUQ preset's untrained model: the IUQ preset's criterion (both terms on) on its training stream (seed 0,
+    the same batches for every model), written to results/gradients.json. Does a step on Eq. 5 / Eq. 8 also
+    descend the instance losses (cos > 0) or undo part of it (cos < 0), early, short-trained and converged?"""
+    models = {}
+    for name in names:
+        for row in ("baseline", "full IUQ"):
+            models[f"{name}: {row}"] = load_checkpoint(CHECKPOINTS / KEEP[(name, row, 0)] / "model.pt")[:2]
+    cfg = models[f"{names[-1]}: full IUQ"][1]
+    utils.seed_everything(0)
+    models[f"{names[-1]}: untrained"] = (build_model(cfg), cfg)
+    out = {}
+    for label, (model, _) in models.items():
+        cfg = models[f"{label.split(':')[0]}: full IUQ"][1]        # every model of a study meets the same terms
+        utils.seed_everything(0)                                  # augmentation draws from the global RNG
+        crit = IUQCriterion(build_criterion(cfg), cfg.iuq, adapter=iuq_adapter(model), seed=0)
+        stream = batches(build_datasets(cfg.data)[0], batch_size=cfg.train.batch_size, seed=0, start_step=0)
+        out[label] = gradient_alignment(model, crit, stream, num_batches=num_batches, warmup=warmup)
+        print(f"[gradients] {label}: cos {out[label]['all']['cos']}", file=sys.stderr, flush=True)
+    res = {"command": "python -m iuq_lite.experiments gradients", "commit": utils.git_commit(),
+           "checkpoints": {f"{n}: {r}": KEEP[(n, r, 0)] for n in names for r in ("baseline", "full IUQ")},
+           "models": out}
+    utils.write_json(res, studies.RESULTS / "gradients.json")
+    return res
+
+
 def _slug(row: str) -> str:
     """A row's run-folder name (before _s<seed>): "full IUQ, 40k steps" -> "full_IUQ__40k_steps"."""
     return "".join(ch if ch.isalnum() else "_" for ch in row).strip("_")
@@ -247,6 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     rt = sub.add_parser("retime", help="re-derive the seconds / curve minutes of recorded runs resumed by old revisions")
     rt.add_argument("name")
     rt.add_argument("--runs", type=Path, default=ROOT / "runs" / "study", help="the folder of the study's run folders")
+    gr = sub.add_parser("gradients", help="how the IUQ terms' gradients align with the instance losses' (committed pairs)")
+    gr.add_argument("names", nargs="*", default=["main", "long"])
     sub.add_parser("table", help="print the results tables and rewrite the README's generated blocks")
     sub.add_parser("curves", help="figures/learning_curves.png: the recorded seed-0 curves of long, long40k, dev")
     args = ap.parse_args(argv)
@@ -262,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         out = recheck(args.name, args.row, args.seed)
     elif args.cmd == "retime":
         out = {"retimed": retime(args.name, args.runs)}
+    elif args.cmd == "gradients":
+        out = {k: m["all"]["cos"] for k, m in gradients(tuple(args.names))["models"].items()}
     elif args.cmd == "curves":
         out = {"figure": str(plot_curves())}
     else:
