@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,17 @@ from pycocotools.coco import COCO
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from .data.coco import collate, load_image
+from .data.coco import build_datasets, collate, load_image
 from .data.format import encode_masks, index_coco
 from .data.shapes import GROUPS  # the five failure groups of Figure S3, one definition
 from .evaluate import eval_mode
 from .matcher import HungarianMatcher
-from .model import iuq_adapter
+from .iuq import IUQCriterion
+from .model import build_criterion, iuq_adapter
 from .model.condinst import grid_positions
+from .train import batches
 from .transforms import sample
+from .utils import seed_everything
 
 TRANSPARENT_COCO = ("wine glass", "cup", "bottle", "vase")  # COCO thing classes that are usually glass
 # occluded_similar: contact > t; complex_topology: topology score > t; small_blurry: area / image area < t
@@ -395,57 +398,47 @@ def equivariance_errors(model: torch.nn.Module, dataset: Any, *,
     return {k: math.sqrt(n / d) if d > 0 else math.nan for k, (n, d) in sums.items()}
 
 
-def _alignment(grads: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+def _alignment(grads: dict[str, torch.Tensor]) -> dict[str, dict[str, float | None]]:
     """{"norm": {term: ||g||}, "cos": {"a·b": cosine}} of flat gradient vectors (cosine None when one is 0)."""
-    names = list(grads)
-    norms = {k: float(grads[k].norm()) for k in names}
-    cos = {f"{a}·{b}": float(grads[a] @ grads[b]) / (norms[a] * norms[b]) if norms[a] * norms[b] > 0 else None
-           for i, a in enumerate(names) for b in names[i + 1:]}
-    return {"norm": norms, "cos": cos}
+    n = {k: float(g.norm()) for k, g in grads.items()}
+    return {"norm": n, "cos": {f"{a}·{b}": float(grads[a] @ grads[b]) / (n[a] * n[b]) if n[a] * n[b] else None
+                               for i, a in enumerate(grads) for b in list(grads)[i + 1:]}}
 
 
-def gradient_alignment(model: torch.nn.Module, crit: Any, batches: Iterable, *, num_batches: int = 16,
-                       warmup: int = 40) -> dict:
+def gradient_alignment(model: torch.nn.Module, cfg: Any, *, num_batches: int = 16, warmup: int = 40) -> dict:
     """Do the IUQ terms pull with or against the instance losses at this model? Per batch (images [B,3,H,W],
-    targets) of a training stream, the gradients over the model's parameters of L_intra (the base criterion's
-    terms, summed), w_inter L_inter (Eq. 5) and lambda L_equi (Eq. 8) — `crit`: an IUQCriterion with its terms
-    on —, their norms and pairwise cosines, as means over `num_batches` batches ("all"), and per top-level
-    child module ("by_module", e.g. backbone, pixel_decoder, layers); "summed": the cosines of the gradients
-    summed over the batches (the direction of one large-batch step). `warmup` batches first fill the pixel
-    memory without gradients, as ~40 training steps do. Train mode, as in training, on a copy of the model."""
+    targets) of cfg's training stream (seed 0), the gradients over the model's parameters of L_intra (the base
+    criterion's terms, summed), w_inter L_inter (Eq. 5) and lambda L_equi (Eq. 8) with cfg's IUQ terms: their
+    norms and pairwise cosines ("all"; and per top-level child module, e.g. "backbone", "pixel_decoder",
+    "layers"), means over `num_batches` batches. `warmup` batches first fill the pixel memory without
+    gradients, as ~40 training steps do. Train mode, as in training, on a copy of the model."""
     model = copy.deepcopy(model).train()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    stream = iter(batches)
+    named = [(n.split(".")[0], p) for n, p in model.named_parameters() if p.requires_grad]
+    crit = IUQCriterion(build_criterion(cfg), cfg.iuq, adapter=iuq_adapter(model), seed=0)
+    seed_everything(0)                                                # augmentation draws from the global RNG
+    stream = batches(build_datasets(cfg.data)[0], batch_size=cfg.train.batch_size, seed=0, start_step=0)
+    rows = []
     with torch.no_grad():
         for step in range(warmup):
             crit(model, *next(stream), step=step)
             crit.after_step()
-    rows, total = [], {}
     for step in range(warmup, warmup + num_batches):
         losses = crit(model, *next(stream), step=step)
         terms = {"intra": sum(v for k, v in losses.items() if k not in ("loss_inter", "loss_equi")),
-                 **{k[5:]: losses[k] for k in ("loss_inter", "loss_equi") if k in losses}}
-        grads = {}
-        for term, loss in terms.items():
-            gs = torch.autograd.grad(loss, [p for _, p in named], retain_graph=True, allow_unused=True)
-            grads[term] = [torch.zeros_like(p) if g is None else g for g, (_, p) in zip(gs, named)]
+                 **{k[5:]: v for k, v in losses.items() if k in ("loss_inter", "loss_equi")}}
+        grads = {t: torch.autograd.grad(loss, [p for _, p in named], retain_graph=True, materialize_grads=True)
+                 for t, loss in terms.items()}                                   # unused parameters: zeros
         crit.after_step()
-        children = sorted({n.split(".")[0] for n, _ in named})
-        flat = {c: {t: torch.cat([g.flatten() for g, (n, _) in zip(gs, named) if n.split(".")[0] == c])
-                    for t, gs in grads.items()} for c in children}
-        rows.append({"all": _alignment({t: torch.cat([g.flatten() for g in gs]) for t, gs in grads.items()}),
-                     "by_module": {c: _alignment(flat[c]) for c in children}})
-        for t, gs in grads.items():
-            total[t] = total.get(t, 0) + torch.cat([g.flatten() for g in gs])
-
-    def mean(key: Callable[[dict], dict]) -> dict:          # over the batches where it is defined
-        return {k: float(np.mean(v)) if (v := [key(r)[k] for r in rows if key(r)[k] is not None]) else None
-                for k in key(rows[0])}
+        flat = {part: {t: torch.cat([g.flatten() for g, (m, _) in zip(gs, named) if part in ("all", m)])
+                       for t, gs in grads.items()} for part in ["all", *dict(named)]}
+        rows.append({part: _alignment(g) for part, g in flat.items()})
     return {"num_batches": num_batches, "warmup": warmup,
-            "all": {"norm": mean(lambda r: r["all"]["norm"]), "cos": mean(lambda r: r["all"]["cos"])},
-            "by_module": {c: {"norm": mean(lambda r, c=c: r["by_module"][c]["norm"]),
-                              "cos": mean(lambda r, c=c: r["by_module"][c]["cos"])} for c in rows[0]["by_module"]},
-            "summed": _alignment(total)["cos"]}
+            **{part: {s: _means([r[part][s] for r in rows]) for s in ("norm", "cos")} for part in rows[0]}}
+
+
+def _means(dicts: list[dict]) -> dict:
+    """Key-wise means over the dicts where the value is not None (None where it is None in all)."""
+    return {k: float(np.mean(v)) if (v := [d[k] for d in dicts if d[k] is not None]) else None for k in dicts[0]}
 
 
 def per_image_iou(pred_masks: torch.Tensor | np.ndarray, gt_masks: torch.Tensor | np.ndarray) -> np.ndarray:

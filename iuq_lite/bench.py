@@ -14,6 +14,7 @@ every variant alike; re-run on an idle machine before quoting them.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -21,21 +22,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_model
-from .config import from_preset
+from .config import Config, from_preset
 from .data.coco import CocoInstances, build_datasets
 from .data.format import split_paths
 from .data.samples import DEFAULT_ROOT
 from .evaluate import evaluate, postprocess
-from .studies import RESULTS, ROOT, STUDIES
 from .iuq import IUQCriterion, TwoViews
 from .iuq import inter as K
 from .model import build_criterion, build_model, iuq_adapter
+from .studies import RESULTS, ROOT, STUDIES
 from .train import batches, build_optimizer, train
 from .utils import git_commit, write_json
 
@@ -169,54 +170,53 @@ def bench_inter_loss(runs: int = 7, naive_runs: int = 3) -> dict:
 
     def rel(a: str) -> float:
         return float((grads[a] - grads["naive"]).abs().max() / grads["naive"].abs().max())
-    return {
-        "benchmark": "inter-loss", **s, "dtype": "float32", "device": "cpu", "threads": threads,
-        "load_avg_1min": os.getloadavg()[0], "runs": runs, "median_ms": {k: round(v, 1) for k, v in med.items()},
-        "ratio_to_bare": {k: round(v, 3) for k, v in ratio.items()},
-        "median_ms_1_thread": {k: round(v, 1) for k, v in med1.items()},
-        "ratio_to_bare_1_thread": {k: round(v, 3) for k, v in ratio1.items()},
-        "compile_available": compile_ok, "first_call_s": warm_s, "chosen": chosen, "default_path": "fused_compiled" if compile_ok
-        else "fused_eager",
-        "peak_extra_mb": peak, "bqm_tensor_mb": round(bqm_mb, 1),
-        "loss": {k: round(v, 7) for k, v in losses.items()},
-        "max_rel_grad_err_vs_naive": {k: rel(k) for k in ("fused_eager", "fused_compiled")},
-        "targets": {"time_ratio": 1.3, "peak_extra_mb": round(2 * bqm_mb, 1)},
-        "tile_elements": {"eager": K.CPU_TILE_ELEMENTS, "compiled": K.COMPILED_TILE_ELEMENTS},
-        "pass": {"time": ratio[chosen] <= 1.3,
-                 "memory": peak.get(chosen) is not None and peak[chosen] <= 2 * bqm_mb,
-                 **{f"time_{k}": ratio[k] <= 1.3 for k in ("fused_eager", "fused_compiled") if k in ratio},
-                 "time_1_thread": ratio1[chosen] <= 1.3},
-    }
+    r1, r3 = (lambda d: {k: round(v, 1) for k, v in d.items()}), (lambda d: {k: round(v, 3) for k, v in d.items()})
+    return {"benchmark": "inter-loss", **s, "dtype": "float32", "device": "cpu", "threads": threads,
+            "load_avg_1min": os.getloadavg()[0], "runs": runs, "median_ms": r1(med), "ratio_to_bare": r3(ratio),
+            "median_ms_1_thread": r1(med1), "ratio_to_bare_1_thread": r3(ratio1), "compile_available": compile_ok,
+            "first_call_s": warm_s, "chosen": chosen, "default_path": "fused_compiled" if compile_ok else "fused_eager",
+            "peak_extra_mb": peak, "bqm_tensor_mb": round(bqm_mb, 1), "loss": {k: round(v, 7) for k, v in losses.items()},
+            "max_rel_grad_err_vs_naive": {k: rel(k) for k in ("fused_eager", "fused_compiled")},
+            "targets": {"time_ratio": 1.3, "peak_extra_mb": round(2 * bqm_mb, 1)},
+            "tile_elements": {"eager": K.CPU_TILE_ELEMENTS, "compiled": K.COMPILED_TILE_ELEMENTS},
+            "pass": {"time": ratio[chosen] <= 1.3, "memory": peak.get(chosen) is not None and peak[chosen] <= 2 * bqm_mb,
+                     **{f"time_{k}": ratio[k] <= 1.3 for k in ("fused_eager", "fused_compiled") if k in ratio},
+                     "time_1_thread": ratio1[chosen] <= 1.3}}
 
 
 
 
 # ------------------------------------------------------------------------------------ training step / infer
-def _step_setup(preset: str, overrides: dict):
-    cfg = from_preset(preset, overrides)
+def _step_setup(cfg: Config, *, device: torch.device = torch.device("cpu"), data: Iterator | None = None,
+                mask_dim: int | None = None) -> tuple[Callable[[], None], IUQCriterion]:
+    """One training step of `cfg` as train() runs it (both views in one forward, channels_last / compile /
+    bf16 autocast / grad clip per cfg.train) on `data` (default: the preset's training stream, held in memory
+    as after the first epoch); returns (step, its criterion)."""
     torch.manual_seed(0)
-    train_ds, _ = build_datasets(cfg.data)
-    for i in range(len(train_ds) if train_ds._cache is not None else 0):
-        train_ds[i]                   # steady state: after the first epoch every item comes from memory
-    model = build_model(cfg)
+    if data is None:
+        train_ds, _ = build_datasets(cfg.data)
+        for i in range(len(train_ds) if train_ds._cache is not None else 0):
+            train_ds[i]               # steady state: after the first epoch every item comes from memory
+        data = batches(train_ds, batch_size=cfg.train.batch_size, seed=0, start_step=0)
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)           # as train() runs the step
-    fwd = torch.compile(model) if cfg.train.compile else model
-    crit = IUQCriterion(build_criterion(cfg), cfg.iuq, adapter=iuq_adapter(model), seed=0)
-    opt = build_optimizer(model, cfg)
-    data = batches(train_ds, batch_size=cfg.train.batch_size, seed=0, start_step=0)
-    state = {"step": 0}
+    model = build_model(cfg).to(device, memory_format=fmt)
+    fwd = TwoViews(torch.compile(model) if cfg.train.compile else model)
+    crit = IUQCriterion(build_criterion(cfg).to(device), cfg.iuq, adapter=iuq_adapter(model), seed=0,
+                        mask_dim=mask_dim).to(device)
+    opt, state = build_optimizer(model, cfg), {"step": 0}
 
     def step() -> None:
         images, targets = next(data)
-        losses = crit(fwd, images.contiguous(memory_format=fmt), targets, step=state["step"])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp and device.type == "cuda"):
+            losses = crit(fwd, images.contiguous(memory_format=fmt), targets, step=state["step"])
         opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
         crit.after_step()
         state["step"] += 1
-    return step
+    return step, crit
 
 
 def bench_step(steps: int = 10, rounds: int = 4, preset: str = "shapes", warmup: int = 50,
@@ -234,7 +234,7 @@ def bench_step(steps: int = 10, rounds: int = 4, preset: str = "shapes", warmup:
                     "full IUQ": (preset, {"iuq.inter.enabled": True, "iuq.equi.enabled": True})}
     else:
         variants = {row: (p, over) for row, p, over, _ in STUDIES[study]}
-    fns = {name: _step_setup(*pre_over) for name, pre_over in variants.items()}
+    fns = {name: _step_setup(from_preset(*pre_over))[0] for name, pre_over in variants.items()}
     for name, fn in fns.items():      # warm-up; the memory reaches capacity (20k px) after ~40 steps
         _log(f"warm-up {name}")
         for _ in range(warmup if variants[name][1] else 5):
@@ -303,35 +303,24 @@ def _fake_batches(n: int, B: int, size: int, num_classes: int, device: torch.dev
 
 def gpu_step_figures(preset: str, *, device: torch.device, batch: int = 2, size: int = 1024, steps: int = 20,
                      warmup: int = 5, overrides: dict | None = None) -> dict:
-    """Training steps of `preset` (random init, bf16 autocast per train.amp) on random images: images/s and
-    peak memory. The pixel memory starts FULL (random features): the steady state of a long run."""
+    """Training steps of `preset` (random init, as _step_setup: bf16 autocast per train.amp) on random images:
+    images/s and peak memory. The pixel memory starts FULL (random features): the steady state of a long run."""
     cfg = from_preset(preset, {"model.pretrained": None, **(overrides or {})})
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device)
-    crit = IUQCriterion(build_criterion(cfg).to(device), cfg.iuq, adapter=iuq_adapter(model), seed=0,
-                        mask_dim=cfg.model.mask_dim).to(device)
+    step, crit = _step_setup(cfg, device=device, mask_dim=cfg.model.mask_dim,
+                             data=itertools.cycle(_fake_batches(4, batch, size, cfg.model.num_classes, device)))
     n = crit.memory.capacity
     crit.memory.push_sampled({"features": torch.randn(n, cfg.model.mask_dim, device=device),
                               "labels": torch.randint(cfg.model.num_classes, (n,), device=device),
                               "image_ids": torch.full((n,), -1, device=device),
                               "positions": torch.rand(n, 2, device=device)})
-    opt, two = build_optimizer(model, cfg), TwoViews(model)
-    data = _fake_batches(4, batch, size, cfg.model.num_classes, device)
-    amp = cfg.train.amp and device.type == "cuda"
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for i in range(warmup + steps):
         if i == warmup and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        images, targets = data[i % len(data)]
         sync()
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            losses = crit(two, images, targets, step=i)
-        opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        opt.step()
-        crit.after_step()
+        step()
         sync()
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times[warmup:])

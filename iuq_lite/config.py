@@ -222,17 +222,13 @@ def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
 
 def _coerce(value: Any, default: Any) -> Any:
     # Lists from JSON / --set become tuples where the default is a tuple, so configs stay hashable and equal.
-    if isinstance(default, tuple) and isinstance(value, list):
-        return tuple(value)
-    return value
+    return tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
 
 
 def _set(obj: Any, parts: list[str], value: Any) -> Any:
     name = parts[0]
     current = getattr(obj, name)
-    if len(parts) == 1:
-        return replace(obj, **{name: _coerce(value, current)})
-    return replace(obj, **{name: _set(current, parts[1:], value)})
+    return replace(obj, **{name: _coerce(value, current) if len(parts) == 1 else _set(current, parts[1:], value)})
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any] | None) -> Config:

@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,11 +31,10 @@ from .checkpoint import load_checkpoint, load_model
 from .config import from_dict, from_preset
 from .data.coco import build_datasets
 from .evaluate import evaluate
-from .iuq import IUQCriterion
-from .model import build_criterion, build_model, iuq_adapter
+from .model import build_model
 from .studies import (KEEP, ROOT, SETTINGS, STUDY_SETTINGS, markdown_table, record_key, row_runs, run_key,
                       update_readme)
-from .train import batches, elapsed_seconds
+from .train import elapsed_seconds
 
 CHECKPOINTS = ROOT / "checkpoints"
 
@@ -58,10 +58,10 @@ def run_one(preset: str, seed: int, overrides: dict, out: Path, *, extra: dict |
     return _record(out, preset, seed, overrides, json.loads(stdout.strip().splitlines()[-1])["metrics"])
 
 
-def _timing(out: Path, metrics: dict) -> dict:
-    """The finished run in `out`: its training time in seconds (across resumes, train.elapsed_seconds), its
-    learning curve (the intermediate evaluations on eval_images val images, then the final one on all) and
-    the median step time; "restarted": its history shows a clock restart (a resume before the clock was kept)."""
+def _record(out: Path, preset: str, seed: int, overrides: dict, metrics: dict) -> dict:
+    """The results/*.json record of the finished run in `out`: its training time in seconds (across resumes,
+    train.elapsed_seconds), its learning curve (the intermediate evaluations on eval_images val images, then
+    the final one on all), the median step time."""
     manifest = json.loads((out / "manifest.json").read_text())
     hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines() if x.strip()]
     *elapsed, total = elapsed_seconds([*hist, {"seconds": manifest["seconds"]}])
@@ -69,16 +69,10 @@ def _timing(out: Path, metrics: dict) -> dict:
     curve = [{"step": h["step"], "minutes": round(e / 60, 2), "AP": h["segm/AP"]} for h, e in zip(hist, elapsed)
              if "segm/AP" in h] + [{"step": manifest["iters"], "minutes": round(total / 60, 2),
                                     "AP": metrics.get("segm/AP"), "final": True}]
-    return {"seconds": round(total, 1), "curve": curve, "restarted": total > manifest["seconds"],
-            "step_s": round(1 / statistics.median(rates), 4) if rates else None}
-
-
-def _record(out: Path, preset: str, seed: int, overrides: dict, metrics: dict) -> dict:
-    """The results/*.json record of the finished run in `out`."""
-    manifest, timing = json.loads((out / "manifest.json").read_text()), _timing(out, metrics)
-    return {"preset": preset, "seed": seed, "overrides": overrides, "metrics": metrics, "step_s": timing["step_s"],
-            "peak_mb": manifest.get("peak_mb"), "seconds": timing["seconds"],
-            "commit": manifest.get("commit"), "dirty": manifest.get("dirty"), "curve": timing["curve"]}
+    return {"preset": preset, "seed": seed, "overrides": overrides, "metrics": metrics,
+            "step_s": round(1 / statistics.median(rates), 4) if rates else None,
+            "peak_mb": manifest.get("peak_mb"), "seconds": round(total, 1),
+            "commit": manifest.get("commit"), "dirty": manifest.get("dirty"), "curve": curve}
 
 
 def retime(name: str, runs: Path = ROOT / "runs" / "study") -> list[str]:
@@ -88,14 +82,12 @@ def retime(name: str, runs: Path = ROOT / "runs" / "study") -> list[str]:
     changed = []
     with studies.locked(name):
         res = studies.load_results(name)
-        for rec in res["runs"]:
-            out = runs / name / f"{_slug(rec['row'])}_s{rec['seed']}"
-            if "reused_from" in rec or not (out / "manifest.json").exists():
-                continue
-            timing = _timing(out, rec["metrics"])
-            if timing["restarted"]:
-                rec.update(seconds=timing["seconds"], curve=timing["curve"])
-                changed.append(f"{rec['row']} s{rec['seed']}")
+        for r in res["runs"]:
+            out = runs / name / f"{_slug(r['row'])}_s{r['seed']}"
+            new = None if "reused_from" in r or not out.is_dir() else _record(out, "", 0, {}, r["metrics"])
+            if new and new["seconds"] > json.loads((out / "manifest.json").read_text())["seconds"]:   # restarted
+                r.update(seconds=new["seconds"], curve=new["curve"])
+                changed.append(f"{r['row']} s{r['seed']}")
         utils.write_json(res, studies.RESULTS / f"{name}.json")
     return changed
 
@@ -163,24 +155,16 @@ def gradients(names: tuple[str, ...] = ("main", "long"), *, num_batches: int = 1
     IUQ preset's untrained model: the IUQ preset's criterion (both terms on) on its training stream (seed 0,
     the same batches for every model), written to results/gradients.json. Does a step on Eq. 5 / Eq. 8 also
     descend the instance losses (cos > 0) or undo part of it (cos < 0), early, short-trained and converged?"""
-    models = {}
-    for name in names:
-        for row in ("baseline", "full IUQ"):
-            models[f"{name}: {row}"] = load_checkpoint(CHECKPOINTS / KEEP[(name, row, 0)] / "model.pt")[:2]
-    cfg = models[f"{names[-1]}: full IUQ"][1]
+    pairs = {(n, r): load_checkpoint(CHECKPOINTS / KEEP[(n, r, 0)] / "model.pt")[0] for n in names
+             for r in ("baseline", "full IUQ")}
+    cfgs = {n: load_checkpoint(CHECKPOINTS / KEEP[(n, "full IUQ", 0)] / "model.pt")[1] for n in names}
     utils.seed_everything(0)
-    models[f"{names[-1]}: untrained"] = (build_model(cfg), cfg)
-    out = {}
-    for label, (model, _) in models.items():
-        cfg = models[f"{label.split(':')[0]}: full IUQ"][1]        # every model of a study meets the same terms
-        utils.seed_everything(0)                                  # augmentation draws from the global RNG
-        crit = IUQCriterion(build_criterion(cfg), cfg.iuq, adapter=iuq_adapter(model), seed=0)
-        stream = batches(build_datasets(cfg.data)[0], batch_size=cfg.train.batch_size, seed=0, start_step=0)
-        out[label] = gradient_alignment(model, crit, stream, num_batches=num_batches, warmup=warmup)
-        print(f"[gradients] {label}: cos {out[label]['all']['cos']}", file=sys.stderr, flush=True)
+    pairs[(names[-1], "untrained")] = build_model(cfgs[names[-1]])
+    # both models of a study meet the same terms and batches: its IUQ checkpoint's config
+    out = {f"{n}: {r}": gradient_alignment(model, cfgs[n], num_batches=num_batches, warmup=warmup)
+           for (n, r), model in pairs.items()}
     res = {"command": "python -m iuq_lite.experiments gradients", "commit": utils.git_commit(),
-           "checkpoints": {f"{n}: {r}": KEEP[(n, r, 0)] for n in names for r in ("baseline", "full IUQ")},
-           "models": out}
+           "checkpoints": {f"{n}: {r}": KEEP[(n, r, 0)] for n, r in pairs if r != "untrained"}, "models": out}
     utils.write_json(res, studies.RESULTS / "gradients.json")
     return res
 
@@ -255,54 +239,46 @@ def plot_curves(out: Path = ROOT / "figures" / "learning_curves.png",
                                                     "2,000 steps (open), the whole split (filled)"), out)
 
 
+def _tables() -> dict:
+    out = {name: markdown_table(name) for name in studies.STUDIES}
+    for name, table in out.items():
+        print(f"### {name}\n{table}\n", file=sys.stderr)
+    return {**out, "readme_changed": update_readme()}
+
+
 def main(argv: list[str] | None = None) -> None:
+    many = {"nargs": "*", "default": None}
+    # command: (help, its arguments {name: add_argument options}, what it prints)
+    commands: dict[str, tuple[str, dict[str, dict], Callable[[argparse.Namespace], Any]]] = {
+        "reproduce": ("run the studies' missing runs", {"--only": {**many, "choices": list(studies.STUDIES)},
+                      "--seeds": {**many, "type": int}, "--rows": {**many, "help": "only these row names"}},
+                      lambda a: reproduce(a.only, a.seeds, a.rows)),
+        "keep": ("(re)export a finished study run as a committed fp16 checkpoint", {"run_dir": {}, "name": {}},
+                 lambda a: {"metrics": keep_checkpoint(Path(a.run_dir), a.name)["metrics"]}),
+        "uniqueness": ("record a committed checkpoint's query uniqueness in its manifest", {"names": {"nargs": "+"}},
+                       lambda a: {n: record_uniqueness(n)["query_uniqueness"] for n in a.names}),
+        "diagnose": ("uniqueness + equivariance error of every finished run of a study",
+                     {"name": {"nargs": "?", "default": "main"}}, lambda a: {"runs": len(diagnose(a.name)["runs"])}),
+        "recheck": ("retrain one recorded run and compare its AP (results match code)",
+                    {"name": {}, "row": {}, "seed": {"type": int}}, lambda a: recheck(a.name, a.row, a.seed)),
+        "retime": ("re-derive the seconds / curve minutes of recorded runs resumed by old revisions",
+                   {"name": {}, "--runs": {"type": Path, "default": ROOT / "runs" / "study"}},
+                   lambda a: {"retimed": retime(a.name, a.runs)}),
+        "gradients": ("how the IUQ terms' gradients align with the instance losses' (committed pairs)",
+                      {"names": {"nargs": "*", "default": ["main", "long"]}},
+                      lambda a: {k: m["all"]["cos"] for k, m in gradients(tuple(a.names))["models"].items()}),
+        "table": ("print the results tables and rewrite the README's generated blocks", {}, lambda a: _tables()),
+        "curves": ("figures/learning_curves.png: the recorded seed-0 curves of long, long40k, dev", {},
+                   lambda a: {"figure": str(plot_curves())}),
+    }
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("reproduce")
-    r.add_argument("--only", nargs="*", default=None, choices=list(studies.STUDIES))
-    r.add_argument("--seeds", nargs="*", type=int, default=None)
-    r.add_argument("--rows", nargs="*", default=None, help="only these row names")
-    k = sub.add_parser("keep", help="(re)export a finished study run as a committed fp16 checkpoint")
-    k.add_argument("run_dir")
-    k.add_argument("name")
-    u = sub.add_parser("uniqueness", help="record a committed checkpoint's query uniqueness in its manifest")
-    u.add_argument("names", nargs="+")
-    dg = sub.add_parser("diagnose", help="uniqueness + equivariance error of every finished run of a study")
-    dg.add_argument("name", nargs="?", default="main")
-    rc = sub.add_parser("recheck", help="retrain one recorded run and compare its AP (results match code)")
-    rc.add_argument("name")
-    rc.add_argument("row")
-    rc.add_argument("seed", type=int)
-    rt = sub.add_parser("retime", help="re-derive the seconds / curve minutes of recorded runs resumed by old revisions")
-    rt.add_argument("name")
-    rt.add_argument("--runs", type=Path, default=ROOT / "runs" / "study", help="the folder of the study's run folders")
-    gr = sub.add_parser("gradients", help="how the IUQ terms' gradients align with the instance losses' (committed pairs)")
-    gr.add_argument("names", nargs="*", default=["main", "long"])
-    sub.add_parser("table", help="print the results tables and rewrite the README's generated blocks")
-    sub.add_parser("curves", help="figures/learning_curves.png: the recorded seed-0 curves of long, long40k, dev")
+    for cmd, (text, arguments, _) in commands.items():
+        p = sub.add_parser(cmd, help=text)
+        for name, options in arguments.items():
+            p.add_argument(name, **options)
     args = ap.parse_args(argv)
-    if args.cmd == "keep":
-        out: Any = {"metrics": keep_checkpoint(Path(args.run_dir), args.name)["metrics"]}
-    elif args.cmd == "diagnose":
-        out = {"runs": len(diagnose(args.name)["runs"])}
-    elif args.cmd == "uniqueness":
-        out = {n: record_uniqueness(n)["query_uniqueness"] for n in args.names}
-    elif args.cmd == "reproduce":
-        out = reproduce(args.only, args.seeds, args.rows)
-    elif args.cmd == "recheck":
-        out = recheck(args.name, args.row, args.seed)
-    elif args.cmd == "retime":
-        out = {"retimed": retime(args.name, args.runs)}
-    elif args.cmd == "gradients":
-        out = {k: m["all"]["cos"] for k, m in gradients(tuple(args.names))["models"].items()}
-    elif args.cmd == "curves":
-        out = {"figure": str(plot_curves())}
-    else:
-        out = {name: markdown_table(name) for name in studies.STUDIES}
-        for name, table in out.items():
-            print(f"### {name}\n{table}\n", file=sys.stderr)
-        out["readme_changed"] = update_readme()
-    print(json.dumps(out))
+    print(json.dumps(commands[args.cmd][2](args)))
 
 
 if __name__ == "__main__":

@@ -43,9 +43,7 @@ def sigmoid_ce_loss(inputs: torch.Tensor, targets: torch.Tensor,
     weights [N,P] >= 0 (e.g. point validity): a mask whose points all have weight 0 contributes 0.
     """
     loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    if weights is None:
-        return loss.mean(1)
-    return (loss * weights).sum(1) / weights.sum(1).clamp(min=1e-6)
+    return loss.mean(1) if weights is None else (loss * weights).sum(1) / weights.sum(1).clamp(min=1e-6)
 
 
 def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -117,9 +117,8 @@ def row_runs(runs: list[dict], preset: str, overrides: dict) -> list[dict]:
 
 def load_results(name: str) -> dict:
     path = RESULTS / f"{name}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    return {"command": f"python -m iuq_lite.experiments reproduce --only {name}", "commit": None, "runs": []}
+    return json.loads(path.read_text()) if path.exists() else \
+        {"command": f"python -m iuq_lite.experiments reproduce --only {name}", "commit": None, "runs": []}
 
 
 # --------------------------------------------------------------------------------------------- records

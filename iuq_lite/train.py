@@ -412,22 +412,15 @@ def _tensorboard(out: Path):
 
 
 def _evaluate(model, dataset, cfg: Config, limit: int = 0) -> dict:
+    """COCO metrics on the whole dataset, or on its first `limit` images (a shallow copy, shorter id list)."""
     if limit and limit < len(dataset):
-        dataset = _head(dataset, limit)
+        dataset = copy.copy(dataset)
+        dataset.ids = list(dataset.ids[:limit])
     return evaluate(model, dataset, topk=cfg.model.test_topk)
 
 
-def _head(dataset, n: int):
-    """The first n images of a CocoInstances (a shallow copy with a shorter id list)."""
-    ds = copy.copy(dataset)
-    ds.ids = list(dataset.ids[:n])
-    return ds
-
-
 def _data_sha(cfg: Config) -> str | None:
-    if cfg.data.root is not None:
-        return None
-    return utils.sha256_file(ensure_from_config(cfg.data)["train_ann"])
+    return None if cfg.data.root is not None else utils.sha256_file(ensure_from_config(cfg.data)["train_ann"])
 
 
 def _jsonable(x: Any) -> Any:

@@ -137,9 +137,7 @@ def _plain(x: Any) -> Any:
         return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
+    return int(x) if isinstance(x, np.integer) else x
 
 
 def _tuple(x: Any) -> Any:

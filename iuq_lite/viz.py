@@ -262,7 +262,7 @@ def save_figure(fig, path: str | Path, *, dpi: int = 90) -> Path:
 def show_learning_curves(curves: dict[str, list[dict]], *, size: tuple[float, float] = (10, 3.4),
                          title: str | None = None):
     """AP against training steps and against minutes, one line per run: curves {label: [{"step", "minutes",
-    "AP", "final"?}, ...]} as results/*.json records them (`experiments._timing`). The final point (all val
+    "AP", "final"?}, ...]} as results/*.json records them (`experiments._record`). The final point (all val
     images) is drawn as a filled marker, the intermediate ones (a subset) as open ones. Returns the Figure."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=size, sharey=True)

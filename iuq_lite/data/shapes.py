@@ -38,6 +38,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from scipy.ndimage import gaussian_filter
 
+from ..utils import atomic_write_text
 from ..utils import sha256_file as _sha256
 from .format import encode_masks, rle_json, split_paths
 
@@ -258,10 +259,8 @@ def resolve_knobs(knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {**DEFAULT_KNOBS, **(knobs or {})}
 
 
-def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")))  # dicts built in a fixed order: stable bytes
-    os.replace(tmp, path)
+def _write_json(obj: Any, path: Path) -> None:      # dicts built in a fixed order: stable bytes
+    atomic_write_text(json.dumps(obj, separators=(",", ":")), path)
 
 
 def generate(root: str | Path, *, split: str, num_images: int, image_size: int = 128, seed: int = 0,
