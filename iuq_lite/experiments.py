@@ -85,7 +85,7 @@ def retime(name: str, runs: Path = ROOT / "runs" / "study") -> list[str]:
         for r in res["runs"]:
             out = runs / name / f"{_slug(r['row'])}_s{r['seed']}"
             new = None if "reused_from" in r or not out.is_dir() else _record(out, "", 0, {}, r["metrics"])
-            if new and new["seconds"] > json.loads((out / "manifest.json").read_text())["seconds"]:   # restarted
+            if new and new["seconds"] > json.loads((out / "manifest.json").read_text())["seconds"] + 1:  # restarted
                 r.update(seconds=new["seconds"], curve=new["curve"])
                 changed.append(f"{r['row']} s{r['seed']}")
         utils.write_json(res, studies.RESULTS / f"{name}.json")

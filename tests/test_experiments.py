@@ -77,7 +77,7 @@ def test_retime_rejoins_the_clock_of_runs_resumed_by_old_revisions(tmp_path, mon
         out = tmp_path / "runs" / "long" / f"{row.replace(' ', '_')}_s0"
         out.mkdir(parents=True)
         (out / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in hist))
-        (out / "manifest.json").write_text(json.dumps({"iters": 8, "seconds": 6.0 if row == "baseline" else 30.0}))
+        (out / "manifest.json").write_text(json.dumps({"iters": 8, "seconds": 6.0 if row == "baseline" else 30.06}))
         runs.append({"row": row, "preset": "shapes_long", "seed": 0, "overrides": {}, "seconds": 1.0,
                      "metrics": {"segm/AP": 3.0}, "curve": []})
     (tmp_path / "long.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
