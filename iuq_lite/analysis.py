@@ -5,7 +5,7 @@ how the IUQ terms' gradients align with the instance losses'.
     report = iuq.analysis.group_criteria_report(val_ann, val_dir, tune_ann=train_ann, tune_images=train_dir)
     u = iuq.analysis.query_uniqueness(model, dataset)     # {"cross_fire": ..., "cross_fire_same_class": ...}
     e = iuq.analysis.equivariance_errors(model, dataset)  # {"hflip": ..., "crop": ..., ...}
-    a = iuq.analysis.gradient_alignment(model, crit, batches)  # {"all": {"norm", "cos": {"intra·equi": ...}}}
+    a = iuq.analysis.gradient_alignment(model, cfg)       # {"all": {"norm", "cos": {"intra·equi": ...}}, ...}
 
 The five failure groups of the paper's Figure S3 for ANY COCO-format dataset, by measurable criteria (pure
 functions on masks, documented below): occluded_similar `contact_ratio`, complex_topology `topology`,

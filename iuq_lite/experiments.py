@@ -155,9 +155,9 @@ def gradients(names: tuple[str, ...] = ("main", "long"), *, num_batches: int = 1
     IUQ preset's untrained model: the IUQ preset's criterion (both terms on) on its training stream (seed 0,
     the same batches for every model), written to results/gradients.json. Does a step on Eq. 5 / Eq. 8 also
     descend the instance losses (cos > 0) or undo part of it (cos < 0), early, short-trained and converged?"""
-    pairs = {(n, r): load_checkpoint(CHECKPOINTS / KEEP[(n, r, 0)] / "model.pt")[0] for n in names
-             for r in ("baseline", "full IUQ")}
-    cfgs = {n: load_checkpoint(CHECKPOINTS / KEEP[(n, "full IUQ", 0)] / "model.pt")[1] for n in names}
+    loaded = {(n, r): load_checkpoint(CHECKPOINTS / KEEP[(n, r, 0)] / "model.pt")[:2] for n in names
+              for r in ("baseline", "full IUQ")}
+    pairs, cfgs = {k: m for k, (m, _) in loaded.items()}, {n: loaded[(n, "full IUQ")][1] for n in names}
     utils.seed_everything(0)
     pairs[(names[-1], "untrained")] = build_model(cfgs[names[-1]])
     # both models of a study meet the same terms and batches: its IUQ checkpoint's config
