@@ -319,7 +319,7 @@ print("paper, Table S3 (AP; no aug 35.3):", {"flip+crop": (35.5, 36.5), "+rotati
 # ## 5 · What the feature error does not say (the converged study)
 #
 # At convergence (study `long`) `diagnose` measured full IUQ seed 2's flip error at 0.92, above every baseline
-# (about 0.53), although Eq. 8 (half of its steps draw a flip) trained it as it trained seeds 0 and 1 (about
+# (0.53–0.58), although Eq. 8 (half of its steps draw a flip) trained it as it trained seeds 0 and 1 (about
 # 0.3). `scripts/flip_check.py` asks each finished run two more questions (`results/long_flip_check.json`): do
 # its masks care (mask AP with the input flipped and the mask logits flipped back), and does each query keep
 # its identity under the flip — the IoU of a confident query's mask on $f(g(I))$ with **its own** mask on
@@ -345,7 +345,7 @@ if check:
     ax.legend()
     fig.tight_layout()
     worst = max(abs(r["AP_hflip_input"] - r["segm/AP"]) for r in check)
-    print(f"largest AP change from flipping the input: {worst:.2f} (flip augmentation made every model robust)")
+    print(f"largest AP change from flipping the input: {worst:.2f} (all trained with flip augmentation)")
 else:
     print("results/long_flip_check.json does not exist yet: run scripts/flip_check.py on the study's runs.")
 
