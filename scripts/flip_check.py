@@ -22,7 +22,7 @@ Figures per finished run (runs/<row>_s<seed>/model.pt) answer where that comes f
   "query_best_iou", with the best-matching query's; "query_best_is_self", how often that query is itself.
   Eq. 8 re-runs the Hungarian matcher on its branch (METHOD §4, our choice), so it is met as well when flip
   maps the masks onto a PERMUTATION of the queries: self IoU low, best IoU high. "eq8_hflip": Eq. 8's own loss
-  (before lambda) for g = hflip on the same pool: is Eq. 8, as trained, met?
+  (before lambda) for g = hflip on the same pool and forwards: is Eq. 8, as trained, met?
 
 Not part of the library (its size budget): a one-off analysis that reads the library's own evaluation.
 """
@@ -57,24 +57,33 @@ class FlippedInput(torch.nn.Module):
 
 
 @torch.no_grad()
-def flip_stats(model: torch.nn.Module, dataset, *, num_images: int = 64, seed: int = 0, batch_size: int = 8,
+def flip_stats(model: torch.nn.Module, dataset, *, criterion: torch.nn.Module | None = None,
+               num_images: int = 64, seed: int = 0, batch_size: int = 8,
                threshold: float = 0.5) -> dict[str, float]:
     """The whole "hflip" error of mask features [N,C,h,w], template_share, template_asym, residual_hflip,
     mask_hflip and the query_* figures (queries of flip(I) with a class probability > threshold) over the
-    seeded pool of analysis.equivariance_errors (same images, full-image flip)."""
+    seeded pool of analysis.equivariance_errors (same images, full-image flip); with `criterion` (the model's
+    base criterion, model.build_criterion) also "eq8_hflip", Eq. 8's loss (METHOD §4, before lambda, matcher
+    re-run) for g = hflip, the mean over the pool's batches, from the same two forwards."""
     model.eval()
+    torch.manual_seed(seed)                                     # the mask loss samples points
     adapter = iuq_adapter(model)
     idx = sorted(np.random.default_rng(seed).permutation(len(dataset))[:num_images].tolist())
-    f, f_g, sq, self_iou, best_iou, best_is_self = [], [], np.zeros(2), [], [], []
+    f, f_g, sq, self_iou, best_iou, best_is_self, eq8 = [], [], np.zeros(2), [], [], [], []
     for s in range(0, len(idx), batch_size):
-        images = collate([dataset[i] for i in idx[s:s + batch_size]])[0]
-        out, out_g = model(images), model(images.flip(-1))
+        images, targets = collate([dataset[i] for i in idx[s:s + batch_size]])
+        g = transforms.sample("hflip", image_size=tuple(images.shape[-2:]), stride=adapter.stride,
+                              generator=torch.Generator())                       # hflip draws nothing
+        out, out_g = model(images), model(g.image(images))
         f.append(adapter.features(out))
         f_g.append(adapter.features(out_g))
+        if criterion is not None:
+            eq8.append(float(equivariance_loss(out_g, f[-1], targets, g, adapter=adapter,
+                                               mask_criterion=criterion.mask_loss)))
         # Eq. 8 at test time: the flipped image's confident queries on f(flip I) and on flip(f(I))
         keep = out_g["pred_logits"].softmax(-1)[..., :-1].amax(-1) > threshold          # [B,Q]
         E_g = adapter.embed(out_g)                                                       # [B,Q,C]
-        m_g, m_gf = (torch.einsum("bqc,bchw->bqhw", E_g, x).sigmoid() for x in (f_g[-1], f[-1].flip(-1)))
+        m_g, m_gf = (torch.einsum("bqc,bchw->bqhw", E_g, x).sigmoid() for x in (f_g[-1], g.features(f[-1])))
         k = keep[..., None, None].float()
         sq += [float((((m_g - m_gf) * k) ** 2).sum()), float(((m_g * k) ** 2).sum())]
         for b in range(len(images)):                       # mask IoU of each kept query with every query
@@ -92,31 +101,12 @@ def flip_stats(model: torch.nn.Module, dataset, *, num_images: int = 64, seed: i
     def ratio(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((a ** 2).sum() / (b ** 2).sum()) ** 0.5
 
-    return {"hflip": ratio(f_g - f.flip(-1), f), "template_share": ratio(M, f) ** 2 * len(f),
-            "template_asym": ratio(M - M.flip(-1), M), "residual_hflip": ratio(R_g - R.flip(-1), R),
+    return {"hflip": ratio(f_g - g.features(f), f), "template_share": ratio(M, f) ** 2 * len(f),
+            "template_asym": ratio(M - g.features(M), M), "residual_hflip": ratio(R_g - g.features(R), R),
             "mask_hflip": float(np.sqrt(sq[0] / sq[1])), "queries_kept": len(self_iou),
             "query_self_iou": float(np.mean(self_iou)), "query_best_iou": float(np.mean(best_iou)),
-            "query_best_is_self": float(np.mean(best_is_self))}
-
-
-@torch.no_grad()
-def eq8_flip_loss(model: torch.nn.Module, cfg, dataset, *, num_images: int = 64, seed: int = 0,
-                  batch_size: int = 8) -> float:
-    """Eq. 8's loss (METHOD §4, before lambda) for g = hflip, mean over the pool's batches (eval mode): is
-    Eq. 8, as trained (matcher re-run), met on val images?"""
-    model.eval()
-    torch.manual_seed(seed)                                     # the mask loss samples points
-    crit, adapter = build_criterion(cfg), iuq_adapter(model)
-    idx = sorted(np.random.default_rng(seed).permutation(len(dataset))[:num_images].tolist())
-    losses = []
-    for s in range(0, len(idx), batch_size):
-        images, targets = collate([dataset[i] for i in idx[s:s + batch_size]])
-        g = transforms.sample("hflip", image_size=tuple(images.shape[-2:]), stride=adapter.stride,
-                              generator=torch.Generator().manual_seed(seed))
-        out, out_g = model(images), model(g.image(images))
-        losses.append(float(equivariance_loss(out_g, adapter.features(out), targets, g, adapter=adapter,
-                                              mask_criterion=crit.mask_loss)))
-    return float(np.mean(losses))
+            "query_best_is_self": float(np.mean(best_is_self)),
+            **({"eq8_hflip": float(np.mean(eq8))} if eq8 else {})}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -133,8 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         val = build_datasets(cfg.data)[1]
         ap = evaluate(FlippedInput(model), val, topk=cfg.model.test_topk)["segm/AP"]
         rows.append({"run": path.parent.name, "seed": man["seed"], "segm/AP": man["metrics"]["segm/AP"],
-                     "AP_hflip_input": ap, **flip_stats(model, val),
-                     "eq8_hflip": eq8_flip_loss(model, cfg, val)})
+                     "AP_hflip_input": ap, **flip_stats(model, val, criterion=build_criterion(cfg))})
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}),
               flush=True)
     code = Path(sys.modules["iuq_lite"].__file__).parent

@@ -8,7 +8,7 @@ import torch
 from iuq_lite import analysis
 from iuq_lite.config import from_preset
 from iuq_lite.data.coco import CocoInstances, collate
-from iuq_lite.model import build_model
+from iuq_lite.model import build_criterion, build_model
 
 _spec = importlib.util.spec_from_file_location(
     "flip_check", Path(__file__).resolve().parents[1] / "scripts" / "flip_check.py")
@@ -46,6 +46,8 @@ def test_flip_stats_agree_with_the_library_and_bound_each_other(model, val_set):
 
 
 def test_eq8_flip_loss_is_seeded_and_positive(model, val_set):
-    cfg = from_preset("tiny")
-    a, b = (flip_check.eq8_flip_loss(model, cfg, val_set, num_images=4, batch_size=4) for _ in range(2))
+    crit = build_criterion(from_preset("tiny"))
+    runs = [flip_check.flip_stats(model, val_set, criterion=crit, num_images=4, batch_size=4, threshold=0.0)
+            for _ in range(2)]
+    a, b = (r["eq8_hflip"] for r in runs)
     assert a == b and a > 0
