@@ -18,27 +18,28 @@ import argparse
 import shutil
 from pathlib import Path
 
+from iuq_lite.checkpoint import latest_checkpoint
+
 CARRY = Path(__file__).resolve().parents[1] / "carry"
 
 
-def _newest(ckpt_dir: Path) -> Path | None:
-    found = sorted(ckpt_dir.glob("iter_*.pt"))
-    return found[-1] if found else None
+def _copy_run(ckpt: Path, history: Path, dst: Path) -> None:
+    """ckpt -> dst/ckpt/<its name>, and history.jsonl beside it when there is one."""
+    (dst / "ckpt").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ckpt, dst / "ckpt" / ckpt.name)
+    if history.exists():
+        shutil.copy2(history, dst / "history.jsonl")
 
 
 def save(root: Path, study: str, carry: Path = CARRY) -> list[str]:
     """Copy every unfinished run's newest checkpoint + history into carry/<study>/; returns what was carried."""
     runs, dest, carried = root / "runs" / "study" / study, carry / study, []
     for run in sorted(p for p in runs.glob("*") if p.is_dir()):
-        newest = _newest(run / "ckpt")
+        newest = latest_checkpoint(run)
+        shutil.rmtree(dest / run.name, ignore_errors=True)         # an older carry, or a run finished since
         if (run / "model.pt").exists() or newest is None:
-            shutil.rmtree(dest / run.name, ignore_errors=True)     # finished (or never checkpointed)
             continue
-        shutil.rmtree(dest / run.name, ignore_errors=True)
-        (dest / run.name / "ckpt").mkdir(parents=True)
-        shutil.copy2(newest, dest / run.name / "ckpt" / newest.name)
-        if (run / "history.jsonl").exists():
-            shutil.copy2(run / "history.jsonl", dest / run.name / "history.jsonl")
+        _copy_run(newest, run / "history.jsonl", dest / run.name)
         carried.append(f"{run.name}/{newest.name}")
     return carried
 
@@ -47,13 +48,10 @@ def restore(root: Path, study: str, carry: Path = CARRY) -> list[str]:
     """Put carried runs back under root/runs/study/<study>/ unless root already holds a newer checkpoint."""
     runs, restored = root / "runs" / "study" / study, []
     for src in sorted(p for p in (carry / study).glob("*") if p.is_dir()):
-        ckpt, here = _newest(src / "ckpt"), _newest(runs / src.name / "ckpt")
+        ckpt, here = latest_checkpoint(src), latest_checkpoint(runs / src.name)
         if ckpt is None or (runs / src.name / "model.pt").exists() or (here is not None and here.name >= ckpt.name):
             continue
-        (runs / src.name / "ckpt").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ckpt, runs / src.name / "ckpt" / ckpt.name)
-        if (src / "history.jsonl").exists():
-            shutil.copy2(src / "history.jsonl", runs / src.name / "history.jsonl")
+        _copy_run(ckpt, src / "history.jsonl", runs / src.name)
         restored.append(f"{src.name}/{ckpt.name}")
     return restored
 
