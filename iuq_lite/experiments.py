@@ -125,28 +125,32 @@ def record_uniqueness(name: str) -> dict:
     return manifest
 
 
-def diagnose(name: str = "main") -> dict:
-    """Mechanism figures for every finished run of study `name` (runs/study/<name>/*/model.pt): the query
+def diagnose(name: str = "main", runs: Path = ROOT / "runs" / "study") -> dict:
+    """Mechanism figures for every finished run of study `name` (runs/<name>/*/model.pt): the query
     uniqueness (analysis.query_uniqueness with UNIQUENESS) and the feature equivariance error ||f(g(I)) -
     g(f(I))|| / ||g(f(I))|| for hflip and crop (analysis.equivariance_errors, 64 val images, seed 0), written to
-    results/<name>_diagnostics.json. They say whether each loss does what it claims, whatever the AP does."""
+    results/<name>_diagnostics.json. They say whether each loss does what it claims, whatever the AP does.
+    Runs recorded there before whose folders are gone (a machine replaced between sessions) keep their entry,
+    each entry with the revision it was measured at."""
     rows = {run_key(p, s, o): r for r, p, o, seeds in studies.STUDIES[name] for s in seeds}
-    out = []
-    for path in sorted((ROOT / "runs" / "study" / name).glob("*/model.pt")):
+    dst = studies.RESULTS / f"{name}_diagnostics.json"
+    old = json.loads(dst.read_text()) if dst.exists() else {"runs": []}
+    out = {(r["row"], r["seed"]): {"commit": old.get("commit"), **r} for r in old["runs"]}   # re-measured: replaced
+    for path in sorted((runs / name).glob("*/model.pt")):
         man = json.loads((path.parent / "manifest.json").read_text())
         over = {k: v for k, v in man["overrides"].items()
                 if k not in SETTINGS.get(name, STUDY_SETTINGS) and k != "train.seed"}
-        key = run_key(man["preset"], man["seed"], over)
+        row = rows.get(run_key(man["preset"], man["seed"], over), path.parent.name)
         model, cfg = load_model(path)
         val = build_datasets(cfg.data)[1]
         u = query_uniqueness(model, val, **UNIQUENESS)
-        out.append({"row": rows.get(key, path.parent.name), "seed": man["seed"], "segm/AP": man["metrics"]["segm/AP"],
-                    **{k: u[k] for k in ("cross_fire", "cross_fire_same_class", "cross_fire_other_class",
-                                         "own_fire")},
-                    "equivariance_error": equivariance_errors(model, val, kinds=("hflip", "crop"), num_images=64)})
-    res = {"command": f"python -m iuq_lite.experiments diagnose {name}", "commit": utils.git_commit(),
-           "uniqueness": UNIQUENESS, "runs": out}
-    utils.write_json(res, studies.RESULTS / f"{name}_diagnostics.json")
+        out[(row, man["seed"])] = {
+            "row": row, "seed": man["seed"], "segm/AP": man["metrics"]["segm/AP"], "commit": utils.git_commit(),
+            **{k: u[k] for k in ("cross_fire", "cross_fire_same_class", "cross_fire_other_class", "own_fire")},
+            "equivariance_error": equivariance_errors(model, val, kinds=("hflip", "crop"), num_images=64)}
+    res = {"command": f"python -m iuq_lite.experiments diagnose {name}", "uniqueness": UNIQUENESS,
+           "runs": list(out.values())}
+    utils.write_json(res, dst)
     return res
 
 
@@ -241,8 +245,7 @@ def plot_curves(out: Path = ROOT / "figures" / "learning_curves.png",
 
 def _tables() -> dict:
     out = {name: markdown_table(name) for name in studies.STUDIES}
-    for name, table in out.items():
-        print(f"### {name}\n{table}\n", file=sys.stderr)
+    print("".join(f"### {name}\n{table}\n\n" for name, table in out.items()), end="", file=sys.stderr)
     return {**out, "readme_changed": update_readme()}
 
 
@@ -258,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
         "uniqueness": ("record a committed checkpoint's query uniqueness in its manifest", {"names": {"nargs": "+"}},
                        lambda a: {n: record_uniqueness(n)["query_uniqueness"] for n in a.names}),
         "diagnose": ("uniqueness + equivariance error of every finished run of a study",
-                     {"name": {"nargs": "?", "default": "main"}}, lambda a: {"runs": len(diagnose(a.name)["runs"])}),
+                     {"name": {"nargs": "?", "default": "main"}, "--runs": {"type": Path, "default": ROOT / "runs" / "study"}},
+                     lambda a: {"runs": len(diagnose(a.name, a.runs)["runs"])}),
         "recheck": ("retrain one recorded run and compare its AP (results match code)",
                     {"name": {}, "row": {}, "seed": {"type": int}}, lambda a: recheck(a.name, a.row, a.seed)),
         "retime": ("re-derive the seconds / curve minutes of recorded runs resumed by old revisions",

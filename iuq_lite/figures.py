@@ -255,8 +255,7 @@ def make_figures(baseline_ckpt: str | Path, ours_ckpt: str | Path, out_dir: str 
     for key, (pair, title, groups, rule) in specs.items():
         scores, drawn, names, _ = scored[pair]
         by_id, index_of = {r["image_id"]: r for r in scores}, {ds.ids[i]: i for i in indices}
-        built = [(g, [_row(ds, index_of[i], drawn[i], by_id[i], names, g) for i in ids])
-                 for g, ids in groups]
+        built = [(g, [_row(ds, index_of[i], drawn[i], by_id[i], names, g) for i in ids]) for g, ids in groups]
         fig = render_figure([(GROUP_TITLES.get(g), [p for p, _ in rs]) for g, rs in built], title=title)
         save_figure(fig, out_dir / f"{key}.png", dpi=dpi)          # atomic, and closed (not shown twice inline)
         source = {"figure": key, "title": title, "columns": ["image", names["baseline"], names["ours"],

@@ -1,5 +1,6 @@
 """experiments.py: running the studies (reproduce, recheck, retime) and what is drawn from their runs."""
 import json
+import types
 
 import pytest
 
@@ -85,3 +86,28 @@ def test_retime_rejoins_the_clock_of_runs_resumed_by_old_revisions(tmp_path, mon
     base, iuq_run = st.load_results("long")["runs"]
     assert base["seconds"] == 26.0 and [p["minutes"] for p in base["curve"]] == [0.17, 0.38, 0.43]
     assert iuq_run["seconds"] == 1.0 and iuq_run["curve"] == []
+
+
+def test_diagnose_keeps_the_entries_of_runs_whose_folders_are_gone(tmp_path, monkeypatch):
+    """A replaced machine keeps only the repository: diagnosing the runs it still has replaces their entries and
+    keeps the others as measured, each entry with the revision it was measured at."""
+    monkeypatch.setattr(st, "RESULTS", tmp_path)
+    monkeypatch.setattr(st, "STUDIES", {"long": [("baseline", "shapes_long", {}, (0,)),
+                                                 ("full IUQ", "shapes_long_iuq", {}, (3,))]})
+    monkeypatch.setattr(ex, "load_model", lambda path: (None, types.SimpleNamespace(data=None)))
+    monkeypatch.setattr(ex, "build_datasets", lambda cfg: (None, None))
+    monkeypatch.setattr(ex, "query_uniqueness", lambda *a, **k: dict.fromkeys(
+        ("cross_fire", "cross_fire_same_class", "cross_fire_other_class", "own_fire"), 0.5))
+    monkeypatch.setattr(ex, "equivariance_errors", lambda *a, **k: {"hflip": 0.1, "crop": 0.2})
+    monkeypatch.setattr(ex.utils, "git_commit", lambda *a: "new")
+    old = [{"row": r, "seed": s, "segm/AP": 1.0, "cross_fire": 0.9} for r, s in (("baseline", 0), ("full IUQ", 3))]
+    (tmp_path / "long_diagnostics.json").write_text(json.dumps({"commit": "old", "runs": old}))
+    run = tmp_path / "runs" / "long" / "full_IUQ_s3"
+    run.mkdir(parents=True)
+    (run / "model.pt").write_bytes(b"")
+    (run / "manifest.json").write_text(json.dumps({"preset": "shapes_long_iuq", "seed": 3, "overrides": {
+        "train.threads": 1, "train.seed": 3}, "metrics": {"segm/AP": 2.0}}))
+    res = ex.diagnose("long", tmp_path / "runs")
+    assert [(r["row"], r["seed"], r["commit"], r["cross_fire"], r["segm/AP"]) for r in res["runs"]] == [
+        ("baseline", 0, "old", 0.9, 1.0), ("full IUQ", 3, "new", 0.5, 2.0)]
+    assert json.loads((tmp_path / "long_diagnostics.json").read_text()) == res
