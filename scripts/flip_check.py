@@ -3,6 +3,8 @@
     PYTHONPATH=<study worktree> python scripts/flip_check.py [--runs runs/study/long]
         [--out results/long_flip_check.json]
 
+Runs already in --out whose folders are not under --runs keep their entry; each entry records its revision.
+
 `diagnose` reports the feature equivariance error ||f(g(I)) - g(f(I))|| / ||g(f(I))||
 (analysis.equivariance_errors); for g = hflip, full IUQ seed 2 measured 0.92 where seeds 0-1 measured
 0.29-0.30 and the baselines 0.53-0.54.
@@ -116,19 +118,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    rows = []
+    code = Path(sys.modules["iuq_lite"].__file__).parent
+    # runs measured before whose folders are gone (a machine replaced between sessions) keep their entry
+    old = json.loads(a.out.read_text()) if a.out.exists() else {"runs": []}
+    rows = {r["run"]: {"commit": old.get("commit"), **r} for r in old["runs"]}
     for path in sorted(a.runs.glob("*/model.pt")):
         man = json.loads((path.parent / "manifest.json").read_text())
         model, cfg = load_model(path)
         val = build_datasets(cfg.data)[1]
         ap = evaluate(FlippedInput(model), val, topk=cfg.model.test_topk)["segm/AP"]
-        rows.append({"run": path.parent.name, "seed": man["seed"], "segm/AP": man["metrics"]["segm/AP"],
-                     "AP_hflip_input": ap, **flip_stats(model, val, criterion=build_criterion(cfg))})
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}),
-              flush=True)
-    code = Path(sys.modules["iuq_lite"].__file__).parent
+        r = rows[path.parent.name] = {"run": path.parent.name, "seed": man["seed"], "commit": utils.git_commit(code),
+                                      "segm/AP": man["metrics"]["segm/AP"], "AP_hflip_input": ap,
+                                      **flip_stats(model, val, criterion=build_criterion(cfg))}
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
     res = {"command": "python scripts/flip_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "commit": utils.git_commit(code), "runs": rows}
+           "runs": list(rows.values())}
     utils.write_json(res, a.out)
     return res
 

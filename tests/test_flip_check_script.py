@@ -1,5 +1,7 @@
 """scripts/flip_check.py, the converged study's flip check: test-time flip wrapper and the flip statistics."""
 import importlib.util
+import json
+import types
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,26 @@ def test_eq8_flip_loss_is_seeded_and_positive(model, val_set):
             for _ in range(2)]
     a, b = (r["eq8_hflip"] for r in runs)
     assert a == b and a > 0
+
+
+def test_main_keeps_the_entries_of_runs_whose_folders_are_gone(tmp_path, monkeypatch):
+    """A replaced machine keeps only the repository: checking the runs it still has replaces their entries and
+    keeps the others, each with the revision it was measured at."""
+    monkeypatch.setattr(flip_check, "load_model", lambda p: (None, types.SimpleNamespace(
+        data=None, model=types.SimpleNamespace(test_topk=1))))
+    monkeypatch.setattr(flip_check, "build_datasets", lambda cfg: (None, None))
+    monkeypatch.setattr(flip_check, "build_criterion", lambda cfg: None)
+    monkeypatch.setattr(flip_check, "evaluate", lambda *a, **k: {"segm/AP": 7.0})
+    monkeypatch.setattr(flip_check, "flip_stats", lambda *a, **k: {"hflip": 0.5})
+    monkeypatch.setattr(flip_check.utils, "git_commit", lambda *a: "new")
+    out = tmp_path / "check.json"
+    old = [{"run": r, "seed": s, "segm/AP": 1.0, "hflip": 0.9} for r, s in (("baseline_s0", 0), ("full_IUQ_s3", 3))]
+    out.write_text(json.dumps({"commit": "old", "runs": old}))
+    run = tmp_path / "long" / "full_IUQ_s3"
+    run.mkdir(parents=True)
+    (run / "model.pt").write_bytes(b"")
+    (run / "manifest.json").write_text(json.dumps({"seed": 3, "metrics": {"segm/AP": 8.0}}))
+    res = flip_check.main(["--runs", str(tmp_path / "long"), "--out", str(out)])
+    assert [(r["run"], r["commit"], r["hflip"], r["segm/AP"]) for r in res["runs"]] == [
+        ("baseline_s0", "old", 0.9, 1.0), ("full_IUQ_s3", "new", 0.5, 8.0)]
+    assert res["runs"][1]["AP_hflip_input"] == 7.0 and json.loads(out.read_text()) == res
