@@ -318,9 +318,9 @@ print("paper, Table S3 (AP; no aug 35.3):", {"flip+crop": (35.5, 36.5), "+rotati
 # %% [markdown]
 # ## 5 · What the feature error does not say (the converged study)
 #
-# At convergence (study `long`) `diagnose` measured full IUQ seed 2's flip error at 0.92, above every baseline
-# (0.53–0.58), although Eq. 8 (half of its steps draw a flip) trained it as it trained seeds 0 and 1 (about
-# 0.3). `scripts/flip_check.py` asks each finished run two more questions (`results/long_flip_check.json`): do
+# At convergence (study `long`) `diagnose` measured the flip error of full IUQ seeds 2, 3 and 4 at 0.92–0.96,
+# above every baseline (0.53–0.57), although Eq. 8 (half of its steps draw a flip) trained them as it trained
+# seeds 0 and 1 (about 0.3). `scripts/flip_check.py` asks each finished run two more questions (`results/long_flip_check.json`): do
 # its masks care (mask AP with the input flipped and the mask logits flipped back), and does each query keep
 # its identity under the flip — the IoU of a confident query's mask on $f(g(I))$ with **its own** mask on
 # $g(f(I))$, and with the **best-matching** query's. Eq. 8 re-runs the Hungarian matcher on its branch
@@ -350,7 +350,7 @@ else:
     print("results/long_flip_check.json does not exist yet: run scripts/flip_check.py on the study's runs.")
 
 # %% [markdown]
-# Read the bars: with IUQ a query mostly keeps its mask under the flip (own ≈ best), except on the run whose
+# Read the bars: with IUQ a query mostly keeps its mask under the flip (own ≈ best), except on the runs whose
 # feature error is high, where another query's mask matches — a permutation that Eq. 8's re-run matcher
 # accepts. The baselines never learned Eq. 8, so neither IoU is high. And the masks do not care: flipping the
 # input moves no model's AP by much. The feature error is a property of $f$; what Eq. 8 asks is a property of
