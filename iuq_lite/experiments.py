@@ -133,7 +133,7 @@ def diagnose(name: str = "main", runs: Path = ROOT / "runs" / "study") -> dict:
     Runs recorded there before whose folders are gone (a machine replaced between sessions) keep their entry,
     each entry with the revision it was measured at."""
     rows = {run_key(p, s, o): r for r, p, o, seeds in studies.STUDIES[name] for s in seeds}
-    dst = studies.RESULTS / f"{name}_diagnostics.json"
+    dst, commit = studies.RESULTS / f"{name}_diagnostics.json", utils.git_commit()   # one revision for all
     old = json.loads(dst.read_text()) if dst.exists() else {"runs": []}
     out = {(r["row"], r["seed"]): {"commit": old.get("commit"), **r} for r in old["runs"]}   # re-measured: replaced
     for path in sorted((runs / name).glob("*/model.pt")):
@@ -145,7 +145,7 @@ def diagnose(name: str = "main", runs: Path = ROOT / "runs" / "study") -> dict:
         val = build_datasets(cfg.data)[1]
         u = query_uniqueness(model, val, **UNIQUENESS)
         out[(row, man["seed"])] = {
-            "row": row, "seed": man["seed"], "segm/AP": man["metrics"]["segm/AP"], "commit": utils.git_commit(),
+            "row": row, "seed": man["seed"], "segm/AP": man["metrics"]["segm/AP"], "commit": commit,
             **{k: u[k] for k in ("cross_fire", "cross_fire_same_class", "cross_fire_other_class", "own_fire")},
             "equivariance_error": equivariance_errors(model, val, kinds=("hflip", "crop"), num_images=64)}
     res = {"command": f"python -m iuq_lite.experiments diagnose {name}", "uniqueness": UNIQUENESS,
@@ -250,7 +250,7 @@ def _tables() -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    many = {"nargs": "*", "default": None}
+    many, runs = {"nargs": "*", "default": None}, {"--runs": {"type": Path, "default": ROOT / "runs" / "study"}}
     # command: (help, its arguments {name: add_argument options}, what it prints)
     commands: dict[str, tuple[str, dict[str, dict], Callable[[argparse.Namespace], Any]]] = {
         "reproduce": ("run the studies' missing runs", {"--only": {**many, "choices": list(studies.STUDIES)},
@@ -261,12 +261,12 @@ def main(argv: list[str] | None = None) -> None:
         "uniqueness": ("record a committed checkpoint's query uniqueness in its manifest", {"names": {"nargs": "+"}},
                        lambda a: {n: record_uniqueness(n)["query_uniqueness"] for n in a.names}),
         "diagnose": ("uniqueness + equivariance error of every finished run of a study",
-                     {"name": {"nargs": "?", "default": "main"}, "--runs": {"type": Path, "default": ROOT / "runs" / "study"}},
+                     {"name": {"nargs": "?", "default": "main"}, **runs},
                      lambda a: {"runs": len(diagnose(a.name, a.runs)["runs"])}),
         "recheck": ("retrain one recorded run and compare its AP (results match code)",
                     {"name": {}, "row": {}, "seed": {"type": int}}, lambda a: recheck(a.name, a.row, a.seed)),
         "retime": ("re-derive the seconds / curve minutes of recorded runs resumed by old revisions",
-                   {"name": {}, "--runs": {"type": Path, "default": ROOT / "runs" / "study"}},
+                   {"name": {}, **runs},
                    lambda a: {"retimed": retime(a.name, a.runs)}),
         "gradients": ("how the IUQ terms' gradients align with the instance losses' (committed pairs)",
                       {"names": {"nargs": "*", "default": ["main", "long"]}},

@@ -320,12 +320,12 @@ print("paper, Table S3 (AP; no aug 35.3):", {"flip+crop": (35.5, 36.5), "+rotati
 #
 # At convergence (study `long`) `diagnose` measured the flip error of full IUQ seeds 2, 3 and 4 at 0.92–0.96,
 # above every baseline (0.53–0.57), although Eq. 8 (half of its steps draw a flip) trained them as it trained
-# seeds 0 and 1 (about 0.3). `scripts/flip_check.py` asks each finished run two more questions (`results/long_flip_check.json`): do
-# its masks care (mask AP with the input flipped and the mask logits flipped back), and does each query keep
-# its identity under the flip — the IoU of a confident query's mask on $f(g(I))$ with **its own** mask on
-# $g(f(I))$, and with the **best-matching** query's. Eq. 8 re-runs the Hungarian matcher on its branch
-# (METHOD §4, our choice), so a model that maps the flip onto a *permutation* of its queries meets Eq. 8 as
-# well: own IoU low, best IoU high.
+# seeds 0 and 1 (about 0.3). `scripts/flip_check.py` asks each finished run two more questions
+# (`results/long_flip_check.json`): do its masks care (mask AP with the input flipped and the mask logits
+# flipped back), and does each query keep its identity under the flip — the IoU of a confident query's mask on
+# $f(g(I))$ with **its own** mask on $g(f(I))$, and with the **best-matching** query's. Eq. 8 re-runs the
+# Hungarian matcher on its branch (METHOD §4, our choice), so a model that maps the flip onto a *permutation*
+# of its queries meets Eq. 8 as well: own IoU low, best IoU high.
 
 # %%
 check_path = iuq.studies.RESULTS / "long_flip_check.json"

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    code = Path(sys.modules["iuq_lite"].__file__).parent
+    commit = utils.git_commit(Path(sys.modules["iuq_lite"].__file__).parent)     # the library measured with
     # runs measured before whose folders are gone (a machine replaced between sessions) keep their entry
     old = json.loads(a.out.read_text()) if a.out.exists() else {"runs": []}
     rows = {r["run"]: {"commit": old.get("commit"), **r} for r in old["runs"]}
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         model, cfg = load_model(path)
         val = build_datasets(cfg.data)[1]
         ap = evaluate(FlippedInput(model), val, topk=cfg.model.test_topk)["segm/AP"]
-        r = rows[path.parent.name] = {"run": path.parent.name, "seed": man["seed"], "commit": utils.git_commit(code),
+        r = rows[path.parent.name] = {"run": path.parent.name, "seed": man["seed"], "commit": commit,
                                       "segm/AP": man["metrics"]["segm/AP"], "AP_hflip_input": ap,
                                       **flip_stats(model, val, criterion=build_criterion(cfg))}
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
