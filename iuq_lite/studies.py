@@ -213,11 +213,12 @@ def paired_ci(deltas: list[float], level: float = 0.95) -> dict[str, float | int
     return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
 
 
-def gain_summary(name: str, metric: str = "segm/AP") -> str:
-    """One markdown line per row of study `name`: mean paired difference to its first row with the 95 % CI."""
+def gain_summary(name: str, metric: str = "segm/AP", min_pairs: int = 1) -> str:
+    """One markdown line per row of study `name` with at least `min_pairs` seeds paired with its first row: the
+    mean paired difference with its 95 % CI."""
     lines = []
     for row, d in paired_deltas(name, metric).items():
-        if not d:
+        if len(d) < max(min_pairs, 1):
             continue
         ci = paired_ci(list(d.values()))
         span = f"95 % CI [{ci['lo']:+.1f}, {ci['hi']:+.1f}]" if ci["lo"] is not None else "one pair, no CI"
@@ -249,7 +250,7 @@ def markdown_table(name: str) -> str:
 
 
 def readme_block(name: str) -> str:
-    gains = f"\n\n{gain_summary(name)}" if name.startswith("long") and gain_summary(name) else ""
+    gains = f"\n\n{g}" if (g := gain_summary(name, min_pairs=2)) else ""     # one pair: the table says it all
     return f"<!-- results:{name} -->\n{markdown_table(name)}{gains}\n<!-- /results:{name} -->"
 
 

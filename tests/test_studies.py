@@ -66,3 +66,17 @@ def test_gain_summary_states_the_mean_paired_delta_and_its_ci(tmp_path, monkeypa
     line = st.gain_summary("long")
     ci = st.paired_ci([1.0, 2.0, 1.0])
     assert f"mean paired ΔAP +1.3 over 3 seeds, 95 % CI [{ci['lo']:+.1f}, {ci['hi']:+.1f}]" in line
+
+
+def test_readme_block_lists_a_ci_only_for_rows_with_two_or_more_seed_pairs(tmp_path, monkeypatch):
+    monkeypatch.setattr(st, "RESULTS", tmp_path)
+    runs = [{"row": row, "preset": preset, "seed": s, "overrides": over, "metrics": {"segm/AP": ap}}
+            for row, preset, over, aps in (("baseline", "shapes", {}, [20.0, 22.0]),
+                                           ("full IUQ", "shapes_iuq", {}, [19.0, 20.0]),
+                                           ("inter-scene only", "shapes", {"iuq.inter.enabled": True}, [21.0]))
+            for s, ap in enumerate(aps)]
+    (tmp_path / "main.json").write_text(json.dumps({"command": "x", "commit": None, "runs": runs}))
+    assert "inter-scene only − baseline" in st.gain_summary("main")            # one pair: no interval, still said
+    block = st.readme_block("main")
+    assert "full IUQ − baseline: mean paired ΔAP -1.5 over 2 seeds, 95 % CI [" in block
+    assert "inter-scene only − baseline" not in block                          # its one delta is in the table
