@@ -28,7 +28,7 @@ import torch
 from . import studies, utils, viz
 from .analysis import equivariance_errors, gradient_alignment, query_uniqueness
 from .checkpoint import load_checkpoint, load_model
-from .config import from_dict, from_preset
+from .config import apply_overrides, from_dict, from_preset
 from .data.coco import build_datasets
 from .evaluate import evaluate
 from .model import build_model
@@ -157,16 +157,21 @@ def diagnose(name: str = "main", runs: Path = ROOT / "runs" / "study") -> dict:
 def gradients(names: tuple[str, ...] = ("main", "long"), *, num_batches: int = 16, warmup: int = 40) -> dict:
     """analysis.gradient_alignment of each study's committed seed-0 pair (KEEP) and, for the last study, of its
     IUQ preset's untrained model: the IUQ preset's criterion (both terms on) on its training stream (seed 0,
-    the same batches for every model), written to results/gradients.json. Does a step on Eq. 5 / Eq. 8 also
-    descend the instance losses (cos > 0) or undo part of it (cos < 0), early, short-trained and converged?"""
+    the same batches for every model), written to results/gradients.json; the last study's pair also with
+    Eq. 8's g(F) detached (its investigation row), so the part of Eq. 8's gradient through g(F) shows. Does a
+    step on Eq. 5 / Eq. 8 also descend the instance losses (cos > 0) or undo part of it (cos < 0), early,
+    short-trained and converged?"""
     loaded = {(n, r): load_checkpoint(CHECKPOINTS / KEEP[(n, r, 0)] / "model.pt")[:2] for n in names
               for r in ("baseline", "full IUQ")}
     pairs, cfgs = {k: m for k, (m, _) in loaded.items()}, {n: loaded[(n, "full IUQ")][1] for n in names}
     utils.seed_everything(0)
     pairs[(names[-1], "untrained")] = build_model(cfgs[names[-1]])
+    # the investigation row "Eq. 8 with g(F) detached": how much of Eq. 8's pull reaches f through g(F)?
+    det = {(names[-1], f"{r}, g(F) detached"): pairs[(names[-1], r)] for r in ("baseline", "full IUQ")}
+    cfg_of = lambda n, r: apply_overrides(cfgs[n], {"iuq.equi.detach_features": r.endswith("detached")})
     # both models of a study meet the same terms and batches: its IUQ checkpoint's config
-    out = {f"{n}: {r}": gradient_alignment(model, cfgs[n], num_batches=num_batches, warmup=warmup)
-           for (n, r), model in pairs.items()}
+    out = {f"{n}: {r}": gradient_alignment(model, cfg_of(n, r), num_batches=num_batches, warmup=warmup)
+           for (n, r), model in (pairs | det).items()}
     res = {"command": "python -m iuq_lite.experiments gradients", "commit": utils.git_commit(),
            "checkpoints": {f"{n}: {r}": KEEP[(n, r, 0)] for n, r in pairs if r != "untrained"}, "models": out}
     utils.write_json(res, studies.RESULTS / "gradients.json")

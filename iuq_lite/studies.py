@@ -208,8 +208,7 @@ def paired_ci(deltas: list[float], level: float = 0.95) -> dict[str, float | int
     mean = statistics.mean(deltas)
     if n < 2:
         return {"n": n, "mean": mean, "sd": None, "lo": None, "hi": None}
-    sd = statistics.stdev(deltas)
-    half = float(student_t.ppf(0.5 + level / 2, n - 1)) * sd / n ** 0.5
+    half = float(student_t.ppf(0.5 + level / 2, n - 1)) * (sd := statistics.stdev(deltas)) / n ** 0.5
     return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
 
 
@@ -217,9 +216,7 @@ def gain_summary(name: str, metric: str = "segm/AP", min_pairs: int = 1) -> str:
     """One markdown line per row of study `name` with at least `min_pairs` seeds paired with its first row: the
     mean paired difference with its 95 % CI."""
     lines = []
-    for row, d in paired_deltas(name, metric).items():
-        if len(d) < max(min_pairs, 1):
-            continue
+    for row, d in {r: d for r, d in paired_deltas(name, metric).items() if len(d) >= max(min_pairs, 1)}.items():
         ci = paired_ci(list(d.values()))
         span = f"95 % CI [{ci['lo']:+.1f}, {ci['hi']:+.1f}]" if ci["lo"] is not None else "one pair, no CI"
         lines.append(f"- {row} − {STUDIES[name][0][0]}: mean paired ΔAP {ci['mean']:+.1f} over {ci['n']} seed"

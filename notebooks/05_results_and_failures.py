@@ -181,7 +181,7 @@ grad = json.loads((iuq.studies.RESULTS / "gradients.json").read_text())
 assert grad["checkpoints"][f"{EXPERIMENT}: full IUQ"] == Path(OURS).parent.name    # the pair of this notebook
 for label, m in grad["models"].items():
     n, c = m["all"]["norm"], m["all"]["cos"]
-    print(f"{label:20s} |grad intra| {n['intra']:5.1f}  |grad equi| {n['equi']:5.1f}  |grad inter| {n['inter']:4.1f}"
+    print(f"{label:31s} |grad intra| {n['intra']:5.1f}  |grad equi| {n['equi']:5.1f}  |grad inter| {n['inter']:4.1f}"
           f"  cos(intra, equi) {c['intra·equi']:+.2f}  cos(intra, inter) {c['intra·inter']:+.2f}")
 fig = iuq.viz.show_grouped_bars({"cos(intra, equi)": {k: m["all"]["cos"]["intra·equi"] for k, m in grad["models"].items()},
                                  "|grad equi| / |grad intra|": {k: m["all"]["norm"]["equi"] / m["all"]["norm"]["intra"]
