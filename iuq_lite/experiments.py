@@ -166,12 +166,13 @@ def gradients(names: tuple[str, ...] = ("main", "long"), *, num_batches: int = 1
     pairs, cfgs = {k: m for k, (m, _) in loaded.items()}, {n: loaded[(n, "full IUQ")][1] for n in names}
     utils.seed_everything(0)
     pairs[(names[-1], "untrained")] = build_model(cfgs[names[-1]])
-    # the investigation row "Eq. 8 with g(F) detached": how much of Eq. 8's pull reaches f through g(F)?
-    det = {(names[-1], f"{r}, g(F) detached"): pairs[(names[-1], r)] for r in ("baseline", "full IUQ")}
-    cfg_of = lambda n, r: apply_overrides(cfgs[n], {"iuq.equi.detach_features": r.endswith("detached")})
     # both models of a study meet the same terms and batches: its IUQ checkpoint's config
-    out = {f"{n}: {r}": gradient_alignment(model, cfg_of(n, r), num_batches=num_batches, warmup=warmup)
-           for (n, r), model in (pairs | det).items()}
+    jobs = {f"{n}: {r}": (model, cfgs[n]) for (n, r), model in pairs.items()}
+    # the investigation row "Eq. 8 with g(F) detached": how much of Eq. 8's pull reaches f through g(F)?
+    det = apply_overrides(cfgs[names[-1]], {"iuq.equi.detach_features": True})
+    jobs |= {f"{names[-1]}: {r}, g(F) detached": (pairs[(names[-1], r)], det)
+             for r in ("baseline", "full IUQ")}
+    out = {k: gradient_alignment(m, c, num_batches=num_batches, warmup=warmup) for k, (m, c) in jobs.items()}
     res = {"command": "python -m iuq_lite.experiments gradients", "commit": utils.git_commit(),
            "checkpoints": {f"{n}: {r}": KEEP[(n, r, 0)] for n, r in pairs if r != "untrained"}, "models": out}
     utils.write_json(res, studies.RESULTS / "gradients.json")
