@@ -101,7 +101,10 @@ assert all(values[LABELS[n]].get("segm/AP") is not None for n in ckpt)
 # per-seed difference leaves most of the seed noise (the ± above) out; `iuq.studies.paired_ci` puts a
 # t-interval (n − 1 degrees of freedom) on the mean of those differences. The paper reports +1.6 to +3.2 mask
 # AP on COCO (METHOD §6); we set +1.0 AP with the interval above 0 as the bar before running the study. Read
-# the measured interval as it is: above 0 is a gain, below 0 a cost, across 0 undecided.
+# the measured interval as it is: above 0 is a gain, below 0 a cost, across 0 undecided. The summary lists
+# every row of the study with a seed paired to the baseline as its runs finish: the single-term rows
+# (inter-scene only, equivariance only) say which term carries a cost, the two investigation rows whether
+# either of our reconstruction choices (METHOD §2 and §4) changes the sign; one pair has no interval.
 
 # %%
 deltas = iuq.studies.paired_deltas(EXPERIMENT).get(ROWS[1], {})
